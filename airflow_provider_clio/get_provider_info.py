@@ -1,0 +1,92 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Provider metadata read by Airflow's ProvidersManager through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_clio import __version__
+
+REGIONS = ("us", "ca", "eu", "au")
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider description Airflow validates against ``provider_info.schema.json``."""
+    return {
+        "package-name": "airflow-provider-clio",
+        "name": "Clio",
+        "description": (
+            "Extract data from Clio (legal practice management) into object storage and SQL "
+            "warehouses without tripping Clio's per-application rate limit."
+        ),
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Clio",
+                "external-doc-url": "https://docs.developers.clio.com/",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "Clio", "python-modules": ["airflow_provider_clio.hooks.clio"]}],
+        "operators": [
+            {"integration-name": "Clio", "python-modules": ["airflow_provider_clio.operators.extract"]}
+        ],
+        "sensors": [{"integration-name": "Clio", "python-modules": ["airflow_provider_clio.sensors.clio"]}],
+        "triggers": [{"integration-name": "Clio", "python-modules": ["airflow_provider_clio.triggers.clio"]}],
+        "transfers": [
+            {
+                "source-integration-name": "Clio",
+                "target-integration-name": "Common SQL",
+                "python-module": "airflow_provider_clio.transfers.clio_to_sql",
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "clio",
+                "hook-class-name": "airflow_provider_clio.hooks.clio.ClioHook",
+                "hook-name": "Clio",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port"],
+                    "relabeling": {
+                        "login": "OAuth client id (App Key)",
+                        "password": "OAuth client secret",
+                        "host": "Base URL override (optional)",
+                    },
+                    "placeholders": {
+                        "login": "Client id from the Clio developer portal",
+                        "password": "Client secret",
+                        "host": "Leave empty for Clio; e.g. http://127.0.0.1:8765 for the emulator",
+                    },
+                },
+                "conn-fields": {
+                    "region": {
+                        "label": "Region",
+                        "description": (
+                            "Clio instance the application is registered in. Picks the API and OAuth "
+                            "hosts and the Airflow pool clio_<region>."
+                        ),
+                        "schema": {"type": "string", "enum": list(REGIONS), "default": "us"},
+                    },
+                    "refresh_token": {
+                        "label": "Refresh token",
+                        "description": (
+                            "OAuth refresh token from `airflow clio auth`. It rotates on every use; the "
+                            "hook stores the newest one in an Airflow Variable."
+                        ),
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "requests_per_slot": {
+                        "label": "Requests per second per pool slot",
+                        "description": "Request rate one slot of the region pool is worth (default 1.0).",
+                        "schema": {"type": ["number", "null"], "minimum": 0.01, "default": 1.0},
+                    },
+                    "pool": {
+                        "label": "Pool name",
+                        "description": "Airflow pool for this connection's tasks (default clio_<region>).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        ],
+        "cli": ["airflow_provider_clio.cli.definition.get_clio_cli_commands"],
+    }
