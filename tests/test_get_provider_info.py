@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+from __future__ import annotations
+
+import json
+from importlib import resources
+from importlib.metadata import entry_points
+
+import jsonschema
+import pytest
+
+from airflow_provider_clio import __version__
+from airflow_provider_clio.get_provider_info import get_provider_info
+
+
+def _airflow_schema(name: str) -> dict:
+    with resources.files("airflow").joinpath(name).open("rb") as f:
+        return json.load(f)
+
+
+def test_entry_point_returns_the_provider_info():
+    (ep,) = [ep for ep in entry_points(group="apache_airflow_provider") if ep.dist.name == "airflow-provider-clio"]
+    info = ep.load()()
+    assert info["package-name"] == "airflow-provider-clio"
+    assert info["versions"][0] == __version__
+
+
+def test_provider_info_validates_against_airflows_runtime_schema():
+    jsonschema.validate(get_provider_info(), _airflow_schema("provider_info.schema.json"))
+
+
+def test_connection_type_validates_against_the_strict_provider_yaml_schema():
+    # The runtime schema does not check conn-fields; the provider.yaml schema (what the UI loader follows) does.
+    item_schema = _airflow_schema("provider.yaml.schema.json")["properties"]["connection-types"]["items"]
+    (conn_type,) = get_provider_info()["connection-types"]
+    jsonschema.validate(conn_type, item_schema)
+    assert conn_type["connection-type"] == "clio"
+    assert conn_type["hook-class-name"] == "airflow_provider_clio.hooks.clio.ClioHook"
+    fields = conn_type["conn-fields"]
+    assert fields["region"]["schema"]["enum"] == ["us", "ca", "eu", "au"]
+    assert fields["refresh_token"]["schema"]["format"] == "password"
+    assert {"requests_per_slot", "pool"} <= set(fields)
+    relabel = conn_type["ui-field-behaviour"]["relabeling"]
+    assert {"login", "password", "host"} <= set(relabel)
+
+
+def test_providers_manager_discovers_the_connection_form():
+    from airflow.providers_manager import ProvidersManager
+
+    pm = ProvidersManager()
+    assert "airflow-provider-clio" in pm.providers
+    assert pm.providers["airflow-provider-clio"].version == __version__
+    behaviours = pm.field_behaviours["clio"]
+    assert behaviours["relabeling"]["login"].startswith("OAuth client id")
+    widgets = {name for name in pm.connection_form_widgets if name.startswith("extra__clio__")}
+    assert {"extra__clio__region", "extra__clio__refresh_token", "extra__clio__requests_per_slot"} <= widgets
+    assert pm.connection_form_widgets["extra__clio__refresh_token"].is_sensitive
+
+
+@pytest.mark.parametrize("module", ["hooks", "operators", "sensors", "triggers"])
+def test_declared_modules_import(module):
+    import importlib
+
+    for entry in get_provider_info()[module]:
+        for name in entry["python-modules"]:
+            importlib.import_module(name)
