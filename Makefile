@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-EXTRAS := test,parquet,postgres,openlineage
+EXTRAS := test,parquet,sqlite,postgres,openlineage
 
 .PHONY: test lint typecheck unit demo bench emulator lock clean
 
