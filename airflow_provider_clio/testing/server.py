@@ -1,0 +1,229 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Serve the emulator over HTTP/1.1 with keep-alive on the stdlib threading server, and record every request.
+
+The stdlib server is used rather than an ASGI one because the drop and truncate faults need control of the
+raw socket: closing it without an answer, or after half a body announced with its full ``Content-Length``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from airflow_provider_clio.testing.recorder import RequestLog, RequestRecord
+
+__all__ = ["EmulatorHTTPServer", "Request", "Response", "json_response"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed HTTP request.
+
+    :param method: HTTP method.
+    :param path: URL path.
+    :param pairs: query parameters in order, repeats kept.
+    :param headers: header names lower-cased (last value wins).
+    :param body: raw body.
+    :param t: monotonic arrival time.
+    :param wall: epoch arrival time.
+    :param host: the ``Host`` the client used (or the server's address), for absolute URLs.
+    """
+
+    method: str
+    path: str
+    pairs: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes
+    t: float
+    wall: float
+    host: str
+
+
+@dataclass
+class Response:
+    """What to answer, how to deliver it, and what to record about the request.
+
+    :param status: HTTP status (0 with ``drop``).
+    :param body: response body.
+    :param headers: extra headers (``Content-Length`` is always added).
+    :param drop: close the connection without answering.
+    :param slow_seconds: wait this long before answering.
+    :param truncate: send half the body after a full ``Content-Length``, then close.
+    :param client_id: recorded client id.
+    :param region: recorded region.
+    :param resource: recorded API resource.
+    :param page_token: recorded page token.
+    :param fault: recorded fault kind.
+    """
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    drop: bool = False
+    slow_seconds: float = 0.0
+    truncate: bool = False
+    client_id: str | None = None
+    region: str | None = None
+    resource: str | None = None
+    page_token: str | None = None
+    fault: str | None = None
+
+
+def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    """Build a JSON response."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(status, body, [("Content-Type", "application/json; charset=utf-8"), *(headers or [])])
+
+
+Dispatcher = Callable[[Request], Response]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ClioEmulator/1.0"
+    # Idle keep-alive connections are closed after this long, so abandoned clients do not pin threads.
+    timeout = 120
+    server: EmulatorHTTPServer
+
+    _arrival: tuple[float, float] = (0.0, 0.0)
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self.connection)
+
+    def parse_request(self) -> bool:
+        # The request line has just been read: this is the arrival time the limiter and the log use.
+        self._arrival = (time.monotonic(), time.time())
+        return super().parse_request()
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _handle(self) -> None:
+        t, wall = self._arrival
+        split = urlsplit(self.path)
+        pairs = parse_qsl(split.query, keep_blank_values=True)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        host = headers.get("host") or "{}:{}".format(*self.server.server_address[:2])
+        request = Request(self.command, split.path, pairs, headers, body, t, wall, host)
+        try:
+            response = self.server.dispatch(request)
+        except Exception:
+            log.exception("emulator failed on %s %s", self.command, self.path)
+            response = json_response(500, {"error": {"status": "500", "message": "emulator internal error"}})
+        self._deliver(response)
+        query: dict[str, list[str]] = {}
+        for key, value in pairs:
+            query.setdefault(key, []).append(value)
+        self.server.log.append(
+            RequestRecord(
+                t=t,
+                wall=wall,
+                method=self.command,
+                path=split.path,
+                query=query,
+                status=0 if response.drop else response.status,
+                client_id=response.client_id,
+                region=response.region,
+                resource=response.resource,
+                page_token=response.page_token,
+                fault=response.fault,
+            )
+        )
+
+    def _deliver(self, response: Response) -> None:
+        if response.drop:
+            # Nothing is written; finish() closes the socket, the client sees the connection end.
+            self.close_connection = True
+            return
+        if response.slow_seconds:
+            time.sleep(response.slow_seconds)
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            if response.truncate:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if response.truncate:
+                self.wfile.write(response.body[: len(response.body) // 2])
+                self.close_connection = True
+            else:
+                self.wfile.write(response.body)
+            self.wfile.flush()
+        except OSError:
+            # The client went away mid-answer; nothing to do but close.
+            self.close_connection = True
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that dispatches to the emulator and can cut every open connection on stop.
+
+    :param address: ``(host, port)``; port 0 picks a free port.
+    :param dispatch: maps a :class:`Request` to a :class:`Response`.
+    :param log: where every request is recorded.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], dispatch: Dispatcher, log: RequestLog) -> None:
+        self.dispatch = dispatch
+        self.log = log
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def track(self, conn: socket.socket) -> None:
+        """Remember an open client connection."""
+        with self._conns_lock:
+            self._conns.add(conn)
+
+    def untrack(self, conn: socket.socket) -> None:
+        """Forget a closed client connection."""
+        with self._conns_lock:
+            self._conns.discard(conn)
+
+    def close_connections(self) -> None:
+        """Shut every open keep-alive connection, so no client keeps talking to a stopped emulator."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
