@@ -94,6 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "ClioEmulator/1.0"
     # Idle keep-alive connections are closed after this long, so abandoned clients do not pin threads.
     timeout = 120
+    # Small answers must not wait for delayed ACKs (Nagle would add ~40 ms per request on loopback).
+    disable_nagle_algorithm = True
     server: EmulatorHTTPServer
 
     _arrival: tuple[float, float] = (0.0, 0.0)
@@ -145,7 +147,6 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("emulator failed on %s %s", self.command, self.path)
             response = json_response(500, {"error": {"status": "500", "message": "emulator internal error"}})
-        self._deliver(response)
         query: dict[str, list[str]] = {}
         for key, value in pairs:
             query.setdefault(key, []).append(value)
@@ -164,6 +165,8 @@ class _Handler(BaseHTTPRequestHandler):
                 fault=response.fault,
             )
         )
+        # Recorded before answering: a client that got its answer always finds its request in the log.
+        self._deliver(response)
 
     def _deliver(self, response: Response) -> None:
         if response.drop:
@@ -172,19 +175,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if response.slow_seconds:
             time.sleep(response.slow_seconds)
+        reason = self.responses.get(response.status, ("",))[0]
+        lines = [
+            f"{self.protocol_version} {response.status} {reason}",
+            f"Server: {self.version_string()}",
+            f"Date: {self.date_time_string()}",
+            *(f"{name}: {value}" for name, value in response.headers),
+            f"Content-Length: {len(response.body)}",
+        ]
+        body = response.body
+        if response.truncate:
+            lines.append("Connection: close")
+            body = body[: len(body) // 2]
+            self.close_connection = True
+        self.log_request(response.status, len(body))
         try:
-            self.send_response(response.status)
-            for name, value in response.headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(response.body)))
-            if response.truncate:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if response.truncate:
-                self.wfile.write(response.body[: len(response.body) // 2])
-                self.close_connection = True
-            else:
-                self.wfile.write(response.body)
+            # Status line, headers and body leave in one write: one segment per small answer.
+            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
             self.wfile.flush()
         except OSError:
             # The client went away mid-answer; nothing to do but close.
