@@ -1,0 +1,288 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Tests for the burst-free limiter, its registry, the pool helpers and the retry waits (fake clock)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.execution_time.context import set_current_context
+
+from airflow_provider_clio.exceptions import ClioConfigError
+from airflow_provider_clio.rate_limit import (
+    LimiterRegistry,
+    RateLimiter,
+    RetrySettings,
+    current_task_pool_slots,
+    parse_retry_after,
+    pool_name_for,
+    reset_shared_limiters,
+    resolve_pool_slots,
+    shared_limiter,
+)
+
+
+class FakeTime:
+    """A monotonic clock that only moves when someone sleeps (or the test advances it)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry() -> Iterator[None]:
+    reset_shared_limiters()
+    yield
+    reset_shared_limiters()
+
+
+def _send_times(limiter: RateLimiter, fake: FakeTime, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        limiter.acquire(fake.sleep)
+        times.append(fake.now)
+    return times
+
+
+def test_interval_includes_the_safety_margin() -> None:
+    limiter = RateLimiter(3, clock=FakeTime().clock)
+    assert limiter.rate == 3.0
+    assert limiter.interval == pytest.approx(1.05 / 3)
+    assert RateLimiter(2, safety=0.0).interval == 0.5
+
+
+def test_requests_are_evenly_spaced() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(3, clock=fake.clock)
+    times = _send_times(limiter, fake, 10)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert times[0] == 1000.0  # the first request of an idle limiter goes at once
+    assert gaps == pytest.approx([limiter.interval] * 9)
+
+
+@pytest.mark.parametrize("rate", [1, 2, 3, 5, 10])
+def test_no_window_of_one_second_holds_more_than_rate_requests(rate: int) -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(rate, clock=fake.clock)
+    times = _send_times(limiter, fake, 5 * rate + 1)
+    # Any rate + 1 consecutive requests span more than one second.
+    for i in range(len(times) - rate):
+        assert times[i + rate] - times[i] > 1.0
+
+
+def test_no_burst_after_idle() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(3, clock=fake.clock)
+    _send_times(limiter, fake, 3)
+    fake.now += 3600  # a long idle period must not bank credit
+    idle_until = fake.now
+    times = _send_times(limiter, fake, 4)
+    assert times[0] == idle_until
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([limiter.interval] * 3)
+    assert times[3] - times[0] > 1.0
+
+
+def test_work_between_requests_is_not_added_to_the_interval() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(1, clock=fake.clock)
+    limiter.acquire(fake.sleep)
+    fake.now += 0.4  # the request itself took 400 ms
+    waited = limiter.acquire(fake.sleep)
+    assert waited == pytest.approx(1.05 - 0.4)
+
+
+def test_late_wake_up_pushes_the_next_reservation_back() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(1, clock=fake.clock)
+    limiter.acquire(fake.sleep)
+
+    def oversleep(seconds: float) -> None:
+        fake.sleep(seconds + 0.2)  # a busy host woke us 200 ms late
+
+    limiter.acquire(oversleep)
+    sent_late = fake.now
+    limiter.acquire(fake.sleep)
+    assert fake.now - sent_late == pytest.approx(limiter.interval)
+
+
+def test_reserve_queues_concurrent_callers_in_order() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(4, clock=fake.clock)
+    delays = [limiter.reserve() for _ in range(5)]
+    assert delays == pytest.approx([i * limiter.interval for i in range(5)])
+
+
+def test_threads_get_distinct_evenly_spaced_slots() -> None:
+    fake = FakeTime()  # frozen: every reservation is relative to the same instant
+    limiter = RateLimiter(3, clock=fake.clock)
+    delays: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(50):
+            delay = limiter.reserve()
+            with lock:
+                delays.append(delay)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    delays.sort()
+    assert len(delays) == 400
+    assert delays == pytest.approx([i * limiter.interval for i in range(400)])
+
+
+def test_set_rate_applies_to_later_reservations_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(1, clock=fake.clock, name="app/us")
+    with caplog.at_level(logging.INFO, logger="airflow_provider_clio.rate_limit"):
+        assert limiter.set_rate(3) is True
+        assert limiter.set_rate(3) is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "Clio rate limiter app/us: rate changed from 1 to 3 req/s"
+    ]
+    assert limiter.interval == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize("rate", [0, -1, float("inf"), float("nan"), True, "3"])
+def test_invalid_rate(rate: object) -> None:
+    with pytest.raises(ClioConfigError, match="request rate"):
+        RateLimiter(rate)  # type: ignore[arg-type]
+
+
+def test_registry_shares_one_limiter_per_application_and_region() -> None:
+    fake = FakeTime()
+    registry = LimiterRegistry()
+    us = registry.get("app", "us", 1, clock=fake.clock)
+    assert registry.get("app", "us", 1, clock=fake.clock) is us
+    assert registry.get("app", "eu", 1, clock=fake.clock) is not us
+    assert registry.get("other-app", "us", 1, clock=fake.clock) is not us
+    # The latest hook's rate wins.
+    assert registry.get("app", "us", 3, clock=fake.clock) is us
+    assert us.rate == 3
+
+
+def test_shared_limiter_paces_hooks_together() -> None:
+    fake = FakeTime()
+    first = shared_limiter("app", "us", 1, clock=fake.clock)
+    second = shared_limiter("app", "us", 1, clock=fake.clock)
+    first.acquire(fake.sleep)
+    second.acquire(fake.sleep)
+    assert fake.now - 1000.0 == pytest.approx(1.05)
+    reset_shared_limiters()
+    assert shared_limiter("app", "us", 1, clock=fake.clock) is not first
+
+
+def test_pool_name_for() -> None:
+    assert pool_name_for("us") == "clio_us"
+    assert pool_name_for("eu") == "clio_eu"
+    assert pool_name_for("eu", "clio_shared") == "clio_shared"
+
+
+def test_pool_slots_outside_a_task_default_to_one() -> None:
+    assert current_task_pool_slots() is None
+    assert resolve_pool_slots(None) == 1
+    assert resolve_pool_slots(3) == 3
+
+
+def test_pool_slots_come_from_the_running_task() -> None:
+    with set_current_context({"task": SimpleNamespace(pool_slots=3)}):  # type: ignore[arg-type]
+        assert current_task_pool_slots() == 3
+        assert resolve_pool_slots(None) == 3
+        assert resolve_pool_slots(2) == 2  # an explicit argument wins
+
+
+@pytest.mark.parametrize("slots", [0, -1, 1.5, True, "2"])
+def test_invalid_pool_slots(slots: object) -> None:
+    with pytest.raises(ClioConfigError, match="pool_slots"):
+        resolve_pool_slots(slots)  # type: ignore[arg-type]
+
+
+def test_backoff_without_jitter_follows_clio_recommendation() -> None:
+    settings = RetrySettings(jitter=False)
+    assert [settings.backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 16, 16]
+
+
+def test_backoff_with_full_jitter_stays_below_the_cap() -> None:
+    settings = RetrySettings()
+    rng = random.Random(7)
+    for n in range(1, 10):
+        base = min(16, 2 ** (n - 1))
+        waits = [settings.backoff(n, rng) for _ in range(200)]
+        assert all(0 <= w <= base for w in waits)
+        assert max(waits) > base / 2  # actually spread, not pinned to 0
+
+
+def test_next_wait_stops_after_max_attempts() -> None:
+    settings = RetrySettings(max_attempts=3, jitter=False)
+    assert settings.next_wait(1, waited=0) == 1
+    assert settings.next_wait(2, waited=1) == 2
+    assert settings.next_wait(3, waited=3) is None
+
+
+def test_retry_after_overrides_the_computed_wait_without_jitter() -> None:
+    settings = RetrySettings(jitter=True)
+    assert settings.next_wait(1, waited=0, retry_after=7.0, rng=random.Random(1)) == 7.0
+    assert settings.next_wait(5, waited=10, retry_after=0.0) == 0.0
+
+
+def test_retry_after_beyond_the_budget_gives_up() -> None:
+    settings = RetrySettings(max_total_wait=60)
+    assert settings.next_wait(1, waited=0, retry_after=61) is None
+    assert settings.next_wait(2, waited=50, retry_after=11) is None
+    assert settings.next_wait(2, waited=50, retry_after=10) == 10
+
+
+def test_computed_wait_is_capped_by_the_remaining_budget() -> None:
+    settings = RetrySettings(jitter=False, max_total_wait=20, max_attempts=10)
+    assert settings.next_wait(5, waited=15) == 5  # 16 s capped to the 5 s left
+    assert settings.next_wait(6, waited=20) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"max_attempts": 1.5},
+        {"initial": -1},
+        {"maximum": float("inf")},
+        {"multiplier": 0.5},
+        {"max_total_wait": "60"},
+    ],
+)
+def test_invalid_retry_settings(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ClioConfigError, match="retry\\."):
+        RetrySettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_parse_retry_after_seconds_and_dates() -> None:
+    now = datetime(2026, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    clock = now.timestamp
+    assert parse_retry_after("3", now=clock) == 3.0
+    assert parse_retry_after(" 1.5 ", now=clock) == 1.5
+    assert parse_retry_after("-4", now=clock) == 0.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=clock) == 30.0
+    assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now=clock) == 0.0
+    for value in (None, "", "soon", "inf", "nan"):
+        assert parse_retry_after(value, now=clock) is None
