@@ -1,0 +1,860 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Clio hook: connection parsing, the single HTTP send path, retries, pagination and single records.
+
+Every request the provider makes goes through :meth:`ClioHook._send`: rate limiter (API calls only) → bearer
+token → ``requests.Session.request`` → classification into the typed errors of
+:mod:`airflow_provider_clio.exceptions`. The OAuth token endpoint uses the same path (without the limiter)
+through the ``post`` callable handed to :class:`~airflow_provider_clio.auth.TokenManager`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import requests
+import tenacity
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+from airflow.sdk.observability import stats
+from requests.adapters import HTTPAdapter
+
+from airflow_provider_clio import __version__
+from airflow_provider_clio.auth import TokenManager, TokenSet, VariableTokenStore, parse_expires_at
+from airflow_provider_clio.exceptions import (
+    ClioAuthError,
+    ClioConfigError,
+    ClioError,
+    ClioFatalError,
+    ClioRetryableError,
+    ClioTransientError,
+    error_for_status,
+    error_message,
+    scrub,
+    truncate,
+)
+from airflow_provider_clio.fields import normalize_fields
+from airflow_provider_clio.pagination import CursorTracker, Page, page_records, same_origin
+from airflow_provider_clio.rate_limit import (
+    RateLimiter,
+    RetrySettings,
+    parse_retry_after,
+    pool_name_for,
+    resolve_pool_slots,
+    shared_limiter,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+    from airflow_provider_clio.auth import TokenStore
+
+REGIONS = ("us", "ca", "eu", "au")
+DEFAULT_REGION = "us"
+EXTRA_PREFIX = "extra__clio__"
+KNOWN_EXTRAS = ("region", "refresh_token", "access_token", "expires_at", "requests_per_slot", "pool")
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a TCP/TLS connection (capped by the hook's ``timeout``)."""
+
+_API_HOST = {"us": "api.clio.com", "ca": "ca.api.clio.com", "eu": "eu.api.clio.com", "au": "au.api.clio.com"}
+_AUTH_HOST = {
+    "us": "auth.api.clio.com",
+    "ca": "ca.auth.api.clio.com",
+    "eu": "eu.auth.api.clio.com",
+    "au": "au.auth.api.clio.com",
+}
+_ID_SEGMENT = re.compile(r"^\d+$")
+
+log = logging.getLogger(__name__)
+
+
+def _user_agent() -> str:
+    try:
+        from airflow import __version__ as airflow_version
+    except ImportError:  # pragma: no cover - airflow is a hard dependency
+        airflow_version = "unknown"
+    return f"airflow-provider-clio/{__version__} (apache-airflow/{airflow_version})"
+
+
+@dataclass(frozen=True)
+class ClioConfig:
+    """
+    The validated settings of a Clio connection; ``repr`` never shows the secrets.
+
+    :param conn_id: The Airflow connection id.
+    :param client_id: OAuth client id (connection login).
+    :param client_secret: OAuth client secret (connection password).
+    :param region: ``us``, ``ca``, ``eu`` or ``au``.
+    :param base_url: API base URL (scheme and host, or the ``host`` override), without trailing slash.
+    :param token_url: OAuth token endpoint.
+    :param authorize_url: OAuth authorization endpoint (for the CLI's onboarding flow).
+    :param refresh_token: Refresh token from the connection extra, if any.
+    :param access_token: Access token from the connection extra, if any.
+    :param expires_at: Expiry of ``access_token``, epoch seconds.
+    :param requests_per_slot: Request rate one pool slot is worth.
+    :param pool: The Airflow pool of this connection's tasks.
+    """
+
+    conn_id: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    region: str
+    base_url: str
+    token_url: str
+    authorize_url: str
+    refresh_token: str | None = field(default=None, repr=False)
+    access_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None
+    requests_per_slot: float = 1.0
+    pool: str = ""
+
+    @classmethod
+    def from_connection(cls, conn: Connection) -> ClioConfig:
+        """Validate a connection and build the config; raise ClioConfigError naming the bad field."""
+        conn_id = conn.conn_id or "<unnamed>"
+        # Never mutate the connection's parsed extras: Airflow may cache and reuse the object.
+        extra = dict(conn.extra_dejson or {})
+
+        client_id = (conn.login or "").strip()
+        if not client_id:
+            raise ClioConfigError(f"Clio connection {conn_id!r}: login (the OAuth client id) is empty")
+        client_secret = conn.password or ""
+        if not client_secret:
+            raise ClioConfigError(f"Clio connection {conn_id!r}: password (the OAuth client secret) is empty")
+        mask_secret(client_secret)
+
+        def get(name: str) -> Any:
+            value = extra.get(name)
+            if value is None or value == "":
+                value = extra.get(EXTRA_PREFIX + name)
+            return None if value == "" else value
+
+        region_value = get("region")
+        if region_value is None:
+            region = DEFAULT_REGION
+        elif isinstance(region_value, str) and region_value.strip().lower() in REGIONS:
+            region = region_value.strip().lower()
+        else:
+            raise ClioConfigError(
+                f"Clio connection {conn_id!r}: extra 'region' must be one of {', '.join(REGIONS)}, "
+                f"got {region_value!r}"
+            )
+
+        refresh_token = _optional_str(conn_id, "refresh_token", get("refresh_token"))
+        access_token = _optional_str(conn_id, "access_token", get("access_token"))
+        for secret in (refresh_token, access_token):
+            if secret:
+                mask_secret(secret)
+        try:
+            expires_at = parse_expires_at(get("expires_at"))
+        except ClioConfigError as exc:
+            raise ClioConfigError(f"Clio connection {conn_id!r}: {exc.message}") from None
+
+        rps = get("requests_per_slot")
+        if rps is None:
+            requests_per_slot = 1.0
+        else:
+            try:
+                if isinstance(rps, bool):
+                    raise ValueError
+                requests_per_slot = float(rps)
+            except (TypeError, ValueError):
+                requests_per_slot = math.nan
+            if not 0 < requests_per_slot < math.inf:
+                raise ClioConfigError(
+                    f"Clio connection {conn_id!r}: extra 'requests_per_slot' must be a positive number, "
+                    f"got {rps!r}"
+                )
+
+        pool_value = get("pool")
+        if pool_value is not None and (not isinstance(pool_value, str) or not pool_value.strip()):
+            raise ClioConfigError(f"Clio connection {conn_id!r}: extra 'pool' must be a non-empty string")
+        pool = pool_name_for(region, pool_value.strip() if isinstance(pool_value, str) else None)
+
+        unknown = sorted(name for name in extra if name.removeprefix(EXTRA_PREFIX) not in KNOWN_EXTRAS)
+        if unknown:
+            # Names only: a misspelt key may still hold a secret value.
+            log.warning("Clio connection %s: ignoring unknown extras %s", conn_id, ", ".join(unknown))
+
+        if conn.host:
+            base_url = _base_url_override(conn_id, conn.host, conn.port)
+            token_url = f"{base_url}/oauth/token"
+            authorize_url = f"{base_url}/oauth/authorize"
+        else:
+            base_url = f"https://{_API_HOST[region]}"
+            token_url = f"https://{_AUTH_HOST[region]}/oauth/token"
+            authorize_url = f"https://{_AUTH_HOST[region]}/oauth/authorize"
+
+        return cls(
+            conn_id=conn_id,
+            client_id=client_id,
+            client_secret=client_secret,
+            region=region,
+            base_url=base_url,
+            token_url=token_url,
+            authorize_url=authorize_url,
+            refresh_token=refresh_token,
+            access_token=access_token,
+            expires_at=expires_at,
+            requests_per_slot=requests_per_slot,
+            pool=pool,
+        )
+
+
+def _optional_str(conn_id: str, name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ClioConfigError(f"Clio connection {conn_id!r}: extra {name!r} must be a string")
+    return value.strip() or None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _base_url_override(conn_id: str, host: str, port: int | None) -> str:
+    text = host.strip()
+    parts = urlsplit(text)
+    example = "e.g. https://clio-proxy.example.com or http://127.0.0.1:8765"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ClioConfigError(f"Clio connection {conn_id!r}: host must be a URL with its scheme, {example}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ClioConfigError(
+            f"Clio connection {conn_id!r}: host must be a plain base URL "
+            "without credentials, query or fragment"
+        )
+    if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname):
+        # Plain http would put the bearer token and the client secret on the network in clear text.
+        raise ClioConfigError(
+            f"Clio connection {conn_id!r}: host uses plain http on {parts.hostname}; use https "
+            "(http is only accepted for loopback addresses such as a local emulator)"
+        )
+    try:
+        url_port = parts.port
+    except ValueError:
+        raise ClioConfigError(f"Clio connection {conn_id!r}: host has an invalid port") from None
+    netloc = parts.netloc
+    if url_port is None and port:
+        netloc = f"{netloc}:{port}"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+@dataclass
+class HookStats:
+    """
+    Counters of one hook's traffic (also emitted as Airflow metrics).
+
+    :param requests: API requests sent (every attempt counts, the token endpoint does not).
+    :param rate_limited: 429 answers received.
+    :param retries: In-request retries made after retryable errors.
+    :param pages: List pages fetched.
+    :param records: Records yielded by pagination.
+    :param limiter_wait_seconds: Total time spent waiting for the rate limiter.
+    :param token_requests: Calls to the OAuth token endpoint.
+    """
+
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    pages: int = 0
+    records: int = 0
+    limiter_wait_seconds: float = 0.0
+    token_requests: int = 0
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """
+    The answer of :meth:`ClioHook.get_record`.
+
+    :param data: The record, ``None`` when ``not_modified``.
+    :param etag: The record's ``ETag`` (the one sent when not modified and the server echoed none).
+    :param not_modified: The server answered 304: the caller's copy (``etag``) is current.
+    :param last_modified: The ``Last-Modified`` header, if sent.
+    """
+
+    data: dict[str, Any] | None
+    etag: str | None
+    not_modified: bool = False
+    last_modified: str | None = None
+
+
+@dataclass
+class _Answer:
+    response: requests.Response
+    body: Any
+
+
+class _CallState:
+    """Per-call memory across retries: a 401 buys one token refresh per call, not one per attempt."""
+
+    def __init__(self) -> None:
+        self.refreshed = False
+
+
+class ClioHook(BaseHook):
+    """
+    Talk to the Clio Platform API within its per-application rate limit.
+
+    Reads the OAuth client and tokens from an Airflow connection, paces every request with a limiter shared
+    by all hooks of the same application and region in the process (``pool_slots * requests_per_slot``
+    req/s), refreshes the rotating access token, retries 429/5xx/transport errors with backoff, and raises
+    typed errors (:mod:`airflow_provider_clio.exceptions`) for everything else.
+
+    .. code-block:: python
+
+        hook = ClioHook("clio_default")
+        for contact in hook.paginate("grow/contacts", fields=["id", "name", "updated_at"]):
+            ...
+
+    :param clio_conn_id: The Airflow connection id (conn type ``clio``).
+    :param pool_slots: Pool slots this work holds; the request rate is ``pool_slots * requests_per_slot``.
+        Default: the running task's ``pool_slots``, or 1 outside a task.
+    :param token_store: Where rotated tokens are persisted; default :class:`VariableTokenStore`.
+    :param retry: In-request retry policy; default :class:`RetrySettings()`.
+    :param timeout: Read timeout of one request in seconds (the connect timeout is at most 10 s).
+    :param clock: Monotonic clock for pacing and progress logs (injected by tests).
+    :param sleep: Sleep function for pacing and backoff (injected by tests).
+    """
+
+    conn_name_attr = "clio_conn_id"
+    default_conn_name = "clio_default"
+    conn_type = "clio"
+    hook_name = "Clio"
+
+    def __init__(
+        self,
+        clio_conn_id: str = default_conn_name,
+        *,
+        pool_slots: int | None = None,
+        token_store: TokenStore | None = None,
+        retry: RetrySettings | None = None,
+        timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__()
+        self.clio_conn_id = clio_conn_id
+        if pool_slots is not None:
+            resolve_pool_slots(pool_slots)  # validate now, before any request
+        self._pool_slots_arg = pool_slots
+        self._token_store = token_store
+        self.retry_settings = retry if retry is not None else RetrySettings()
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+            raise ClioConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout = float(timeout)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = random.Random()
+        self.stats = HookStats()
+        self._seen_tokens: set[str] = set()
+
+    # -- configuration ---------------------------------------------------------------------------------
+
+    @cached_property
+    def config(self) -> ClioConfig:
+        """The validated connection settings (read on first use)."""
+        return ClioConfig.from_connection(self.get_connection(self.clio_conn_id))
+
+    @property
+    def region(self) -> str:
+        """The connection's region: ``us``, ``ca``, ``eu`` or ``au``."""
+        return self.config.region
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL endpoints are relative to."""
+        return self.config.base_url
+
+    @property
+    def token_url(self) -> str:
+        """The OAuth token endpoint."""
+        return self.config.token_url
+
+    @property
+    def authorize_url(self) -> str:
+        """The OAuth authorization endpoint (used by ``airflow clio auth``)."""
+        return self.config.authorize_url
+
+    @property
+    def pool_name(self) -> str:
+        """The Airflow pool this connection's tasks should run in (``clio_<region>`` by default)."""
+        return self.config.pool
+
+    @staticmethod
+    def pool_for_region(region: str) -> str:
+        """Return the default pool name of ``region``."""
+        return pool_name_for(region)
+
+    @cached_property
+    def pool_slots(self) -> int:
+        """The pool slots this hook's rate is based on."""
+        return resolve_pool_slots(self._pool_slots_arg)
+
+    @property
+    def rate(self) -> float:
+        """Requests per second this hook paces at: ``pool_slots * requests_per_slot``."""
+        return self.pool_slots * self.config.requests_per_slot
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        """The process-wide limiter of this application and region, set to this hook's rate."""
+        return shared_limiter(self.config.client_id, self.region, self.rate, clock=self._clock)
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """The HTTP session every request goes through."""
+        session = requests.Session()
+        session.headers.update({"User-Agent": _user_agent(), "Accept": "application/json"})
+        # Retries are ours (they must pass the limiter again), so urllib3 must not retry behind our back.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    @cached_property
+    def token_manager(self) -> TokenManager:
+        """The token manager of this connection (refreshes through :meth:`post_form`)."""
+        config = self.config
+        return TokenManager(
+            conn_id=config.conn_id,
+            client_id=config.client_id,
+            client_secret=config.client_secret,
+            token_url=config.token_url,
+            initial=TokenSet(
+                access_token=config.access_token,
+                refresh_token=config.refresh_token or "",
+                expires_at=config.expires_at,
+            ),
+            store=self._token_store if self._token_store is not None else VariableTokenStore(),
+            post=self.post_form,
+            sleep=self._sleep,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        if "session" in self.__dict__:
+            self.session.close()
+
+    def __enter__(self) -> ClioHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- public API ------------------------------------------------------------------------------------
+
+    def get(self, endpoint: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """
+        Send one GET to ``endpoint`` (relative to the API base) and return the JSON object it answers.
+
+        A ``fields`` entry in ``params`` is validated and normalised like the ``fields`` argument of
+        :meth:`paginate`.
+        """
+        query = self._query(None, params)
+        url = self._url(endpoint)
+        answer = self._call("GET", url, label=_label(endpoint), params=query)
+        if not isinstance(answer.body, dict):
+            raise ClioFatalError(
+                f"expected a JSON object, got {type(answer.body).__name__}", endpoint=_label(endpoint)
+            )
+        return answer.body
+
+    def get_record(
+        self,
+        endpoint: str,
+        record_id: int | str,
+        fields: str | Sequence[str] | None = None,
+        etag: str | None = None,
+    ) -> RecordResult:
+        """
+        Fetch one record, ``GET {endpoint}/{record_id}``; with ``etag``, a 304 gives ``not_modified=True``.
+
+        :param endpoint: The list endpoint, e.g. ``grow/contacts``.
+        :param record_id: The record's id.
+        :param fields: Fields to select (list or string form).
+        :param etag: The ``ETag`` of the caller's copy, sent as ``If-None-Match``.
+        """
+        query = self._query(fields, None)
+        if (
+            isinstance(record_id, bool)
+            or not isinstance(record_id, int | str)
+            or str(record_id).strip() == ""
+        ):
+            raise ClioConfigError(f"record_id must be an int or a non-empty string, got {record_id!r}")
+        path = f"{endpoint.strip().strip('/')}/{quote(str(record_id).strip(), safe='')}"
+        headers = {"If-None-Match": etag} if etag else None
+        answer = self._call(
+            "GET", self._url(path), label=_label(path), params=query, headers=headers, allow_not_modified=True
+        )
+        response = answer.response
+        last_modified = response.headers.get("Last-Modified")
+        if response.status_code == 304:
+            return RecordResult(None, response.headers.get("ETag") or etag, True, last_modified)
+        data = answer.body.get("data") if isinstance(answer.body, dict) else None
+        if not isinstance(data, dict):
+            raise ClioFatalError(
+                "expected a single-record response with a 'data' object", endpoint=_label(path)
+            )
+        return RecordResult(data, response.headers.get("ETag"), False, last_modified)
+
+    def iter_pages(
+        self,
+        endpoint: str,
+        fields: str | Sequence[str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        start_url: str | None = None,
+    ) -> Iterator[Page]:
+        """
+        Yield the pages of a list endpoint, following ``meta.paging.next`` exactly as the server sends it.
+
+        ``fields`` and ``params`` go into the first request only; later pages use the ``next`` URL as is (it
+        carries them). The iteration stops when ``next`` is absent or null, and raises ClioPaginationError on
+        a loop or a ``next`` URL on another host.
+
+        :param endpoint: The list endpoint, e.g. ``grow/contacts``.
+        :param fields: Fields to select, ``["id", "client{id,name}"]`` or ``"id,client{id,name}"``.
+        :param params: Filters such as ``updated_since`` or ``ids[]``.
+        :param start_url: Resume from this checkpointed ``next`` URL instead of the first page (``fields``
+            and ``params`` are then only validated: the URL already carries them).
+        """
+        query = self._query(fields, params)
+        label = _label(endpoint)
+        tracker = CursorTracker(self.base_url)
+        if start_url is not None:
+            tracker.check_origin(start_url, what="start URL")
+            url: str | None = start_url
+            first_params: dict[str, Any] | None = None
+        else:
+            url = self._url(endpoint)
+            first_params = query
+        number = 0
+        records_so_far = 0
+        started = self._clock()
+        requests_before = self.stats.requests
+        while url is not None:
+            if first_params is None:
+                tracker.visit(url)
+            answer = self._call("GET", url, label=label, params=first_params)
+            page_url = answer.response.url or url
+            if first_params is not None:
+                tracker.visit(page_url)
+                first_params = None
+            records = page_records(answer.body, page_url)
+            next_url = tracker.follow(answer.body, page_url)
+            number += 1
+            records_so_far += len(records)
+            self.stats.pages += 1
+            self.stats.records += len(records)
+            elapsed = self._clock() - started
+            sent = self.stats.requests - requests_before
+            self.log.info(
+                "Clio %s: page %d, %d records (%d so far), %d requests in %.1f s (%.2f req/s)%s",
+                label,
+                number,
+                len(records),
+                records_so_far,
+                sent,
+                elapsed,
+                sent / elapsed if elapsed > 0 else 0.0,
+                "" if next_url else ", last page",
+            )
+            yield Page(records=records, next_url=next_url, number=number, url=page_url)
+            url = next_url
+
+    def paginate(
+        self,
+        endpoint: str,
+        fields: str | Sequence[str] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield every record of a list endpoint, one page in memory at a time (see :meth:`iter_pages`)."""
+        for page in self.iter_pages(endpoint, fields, params):
+            yield from page.records
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Make one cheap authenticated call and report ``(ok, message)``; never raises."""
+        try:
+            self.get("grow/users", params={"fields": "id"})
+        except ClioError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            return False, truncate(scrub(f"{type(exc).__name__}: {exc}", self._secrets()))
+        config = self.config
+        return True, (
+            f"Connected to Clio ({config.region}) at {config.base_url} as application {config.client_id}; "
+            f"pool {config.pool}, {self.rate:g} req/s"
+        )
+
+    def post_form(self, url: str, form: dict[str, str]) -> requests.Response:
+        """
+        POST a form to the OAuth token endpoint and return the raw response (TokenManager's ``post``).
+
+        Same session, timeouts and transport-error classification as API calls; no limiter (Clio does not
+        count token calls), no bearer token, no retry (a retried refresh would spend a rotated token twice).
+        """
+        if not same_origin(url, self.config.token_url):
+            raise ClioConfigError("the OAuth form may only be posted to the connection's token endpoint")
+        self.stats.token_requests += 1
+        return self._send("POST", url, label="oauth/token", data=form, api=False)
+
+    # -- the one send path -----------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        label: str,
+        api: bool = True,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+        token: str | None = None,
+    ) -> requests.Response:
+        """Limiter (API calls) → bearer token → send → transport errors as ClioTransientError."""
+        request_headers = dict(headers or {})
+        if token is not None:
+            if not same_origin(url, self.base_url):
+                raise ClioFatalError("refusing to send the access token to a host other than the API base")
+            request_headers["Authorization"] = f"Bearer {token}"
+        if api:
+            waited = self.limiter.acquire(self._sleep)
+            self.stats.limiter_wait_seconds += waited
+            stats.timing("clio.limiter_wait", timedelta(seconds=waited), tags={"region": self.region})
+        try:
+            response = self.session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=request_headers,
+                timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout),
+                allow_redirects=False,
+            )
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as exc:
+            raise ClioTransientError(
+                truncate(scrub(f"{type(exc).__name__}: {exc}", self._secrets())), endpoint=label
+            ) from exc
+        except requests.RequestException as exc:
+            raise ClioConfigError(
+                truncate(scrub(f"cannot send the request: {type(exc).__name__}: {exc}", self._secrets())),
+                endpoint=label,
+            ) from exc
+        if api:
+            self.stats.requests += 1
+            tags = {"region": self.region, "endpoint": label}
+            stats.incr("clio.requests", tags={**tags, "status": str(response.status_code)})
+            if response.status_code == 429:
+                self.stats.rate_limited += 1
+                stats.incr("clio.rate_limited", tags=tags)
+        return response
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        *,
+        label: str,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        allow_not_modified: bool,
+        state: _CallState,
+    ) -> _Answer:
+        token = self._access_token()
+        response = self._send(method, url, label=label, params=params, headers=headers, token=token)
+        if response.status_code == 401 and not state.refreshed:
+            state.refreshed = True
+            self.log.info("Clio %s answered 401; refreshing the access token once and resending", label)
+            token = self._remember(self.token_manager.refresh_after_401(token))
+            response = self._send(method, url, label=label, params=params, headers=headers, token=token)
+        return self._classify(response, label=label, allow_not_modified=allow_not_modified)
+
+    def _classify(self, response: requests.Response, *, label: str, allow_not_modified: bool) -> _Answer:
+        status = response.status_code
+        if status == 304 and allow_not_modified:
+            return _Answer(response, None)
+        if 200 <= status < 300:
+            if status == 204 or not response.content:
+                return _Answer(response, {})
+            try:
+                return _Answer(response, response.json())
+            except ValueError:
+                # A 2xx body we cannot parse is almost always a truncated transfer: worth another try.
+                raise ClioTransientError(
+                    f"unparsable JSON body ({len(response.content)} bytes)",
+                    status_code=status,
+                    endpoint=label,
+                ) from None
+        _, message = error_message(response.content, secrets=self._secrets())
+        if status == 401:
+            raise ClioAuthError(
+                f"Clio rejected the access token even after a refresh: {message or 'unauthorized'}. "
+                "Check that the application is registered in the connection's region, or authorize it "
+                "again.",
+                status_code=status,
+                endpoint=label,
+            )
+        if 300 <= status < 400:
+            # Redirects are never followed: they could carry the bearer token to another host.
+            message = f"unexpected redirect (HTTP {status}); set the connection host to the final API URL"
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise error_for_status(status, message, endpoint=label, retry_after=retry_after)
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        label: str,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        allow_not_modified: bool = False,
+    ) -> _Answer:
+        """Run one logical request with the in-request retry policy."""
+        settings = self.retry_settings
+        state = _CallState()
+
+        def wait(retry_state: tenacity.RetryCallState) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            retry_after = getattr(exc, "retry_after", None)
+            seconds = settings.next_wait(
+                retry_state.attempt_number,
+                waited=retry_state.idle_for,
+                retry_after=retry_after,
+                rng=self._rng,
+            )
+            # tenacity asks "wait" before "stop": an infinite wait is our "give up" signal to stop().
+            return math.inf if seconds is None else seconds
+
+        def stop(retry_state: tenacity.RetryCallState) -> bool:
+            return math.isinf(retry_state.upcoming_sleep)
+
+        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            self.stats.retries += 1
+            status = getattr(exc, "status_code", None)
+            retry_after = getattr(exc, "retry_after", None)
+            self.log.warning(
+                "Clio %s: %s on attempt %d/%d (%s); %s %.2f s%s",
+                label,
+                f"HTTP {status}" if status is not None else "transport error",
+                retry_state.attempt_number,
+                settings.max_attempts,
+                exc,
+                "rate limited, sleeping" if status == 429 else "backing off",
+                retry_state.upcoming_sleep,
+                " as Retry-After asks" if retry_after is not None else "",
+            )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(ClioRetryableError),
+            wait=wait,
+            stop=stop,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(
+                self._attempt,
+                method,
+                url,
+                label=label,
+                params=params,
+                headers=headers,
+                allow_not_modified=allow_not_modified,
+                state=state,
+            )
+        except ClioRetryableError as exc:
+            self.log.warning(
+                "Clio %s: giving up after %d attempt(s) and %.1f s of backoff: %s. Airflow's task retry "
+                "takes over.",
+                label,
+                retrying.statistics.get("attempt_number", 1),
+                retrying.statistics.get("idle_for", 0.0),
+                exc,
+            )
+            raise
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _access_token(self) -> str:
+        return self._remember(self.token_manager.access_token())
+
+    def _remember(self, token: str) -> str:
+        if token not in self._seen_tokens:
+            mask_secret(token)
+            self._seen_tokens.add(token)
+        return token
+
+    def _secrets(self) -> list[str | None]:
+        secrets: list[str | None] = list(self._seen_tokens)
+        config = self.__dict__.get("config")
+        if config is not None:
+            secrets += [config.client_secret, config.refresh_token, config.access_token]
+        manager = self.__dict__.get("token_manager")
+        current = getattr(manager, "_tokens", None) if manager is not None else None
+        if current is not None:
+            secrets += [current.access_token, current.refresh_token]
+        return secrets
+
+    def _url(self, endpoint: str) -> str:
+        if not isinstance(endpoint, str) or not endpoint.strip().strip("/"):
+            raise ClioConfigError(
+                f"endpoint must be a relative path such as 'grow/contacts', got {endpoint!r}"
+            )
+        path = endpoint.strip().lstrip("/")
+        if "://" in path or path.startswith("/"):
+            raise ClioConfigError(
+                f"endpoint must be relative to the API base URL (e.g. 'grow/contacts'), got {endpoint!r}"
+            )
+        return f"{self.base_url}/{path}"
+
+    @staticmethod
+    def _query(fields: str | Sequence[str] | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        query = dict(params or {})
+        selection = normalize_fields(fields)
+        if "fields" in query:
+            if selection is not None:
+                raise ClioConfigError(
+                    "fields: pass them either as the fields argument or in params, not both"
+                )
+            selection = normalize_fields(query.pop("fields"))
+        if "page_token" in query:
+            raise ClioConfigError("params: page_token is managed by pagination; pass start_url to resume")
+        if selection is not None:
+            query["fields"] = selection
+        return query
+
+
+def _label(endpoint: str) -> str:
+    """Return the metric/log label of an endpoint: its path with record ids replaced by ``{id}``."""
+    path = urlsplit(endpoint).path if "://" in endpoint else endpoint.split("?", 1)[0]
+    segments = [s for s in path.strip().strip("/").split("/") if s]
+    return "/".join("{id}" if _ID_SEGMENT.match(s) else s for s in segments) or "/"
+
+
+__all__ = ["ClioConfig", "ClioHook", "HookStats", "RecordResult", "RetrySettings"]
