@@ -1,0 +1,229 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Extract one Clio endpoint into JSONL or Parquet part files under any ``ObjectStoragePath`` destination.
+
+Layout of a destination after a successful run::
+
+    <destination>/_manifest.json                 the commit point: lists the files of the current run
+    <destination>/run=<token>/part-00000.jsonl   part files of whole pages, about records_per_file records
+
+Readers take the manifest, never a directory listing. A rerun of the same interval writes a new ``run=``
+folder, replaces the manifest, then deletes the folders the manifest no longer references, so the destination
+never holds the same interval twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, ObjectStoragePath
+
+from airflow_provider_clio.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpointer,
+    FileCheckpointStore,
+    store_for_context,
+    write_json_atomic,
+)
+from airflow_provider_clio.exceptions import ClioConfigError
+from airflow_provider_clio.fields import top_level_names
+from airflow_provider_clio.operators.base import ClioBaseOperator, run_extraction
+from airflow_provider_clio.operators.writers import FILE_FORMATS, PartWriter
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+MANIFEST_FILE = "_manifest.json"
+MANIFEST_VERSION = 1
+
+
+class ClioExtractOperator(ClioBaseOperator):
+    """
+    Extract the records of one Clio endpoint into part files under ``destination``; return a small summary.
+
+    Records stream page by page into local part files that are uploaded as they fill up, so memory does not
+    grow with the number of records. The run is committed by writing ``<destination>/_manifest.json``; older
+    ``run=*`` folders are deleted afterwards. A failed try resumes from its last uploaded part on retry.
+
+    The returned XCom (never the records) holds ``records``, ``pages``, ``files``, ``rate_limited`` (429s
+    seen), ``seconds``, ``manifest``, ``run``, ``interval`` and ``resumed``.
+
+    .. code-block:: python
+
+        ClioExtractOperator(
+            task_id="export_contacts",
+            endpoint="grow/contacts",
+            fields=["id", "name", "updated_at"],
+            updated_since="{{ data_interval_start }}",
+            destination="s3://lake/clio/contacts/{{ data_interval_start | ts_nodash }}",
+        )
+
+    :param destination: Folder URL understood by ``ObjectStoragePath`` (``file://``, ``s3://``, ``gs://``,
+        ...; templated). Use one folder per interval.
+    :param file_format: ``jsonl`` (default) or ``parquet`` (needs the ``parquet`` extra; nested values are
+        stored as JSON strings).
+    :param records_per_file: Target records per part file (default 5000). Parts hold whole pages: a part is
+        closed before a page that would take it past this number.
+    :param endpoint: List endpoint, e.g. ``grow/contacts`` (templated).
+    :param fields: Fields to select, list or string form (templated).
+    :param query_params: Extra query parameters (templated).
+    :param updated_since: Inclusive lower bound on ``updated_at`` (templated).
+    :param updated_until: Exclusive upper bound on ``updated_at`` (templated); defaults to
+        ``data_interval_end`` when that is later than ``updated_since``.
+    :param clio_conn_id: The Clio connection.
+    :param region: Clio region; default: the connection's ``region`` extra. Picks the default pool.
+    :param token_store: Where rotated OAuth tokens are kept; default: the hook's Variable store.
+    """
+
+    template_fields: Sequence[str] = (*ClioBaseOperator.template_fields, "destination")
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        file_format: str = "jsonl",
+        records_per_file: int = 5000,
+        **kwargs: Any,
+    ) -> None:
+        if file_format not in FILE_FORMATS:
+            raise ClioConfigError(f"file_format must be one of {sorted(FILE_FORMATS)}, got {file_format!r}")
+        if records_per_file < 1:
+            raise ClioConfigError(f"records_per_file must be at least 1, got {records_per_file}")
+        if "outlets" not in kwargs and destination and "{{" not in destination:
+            kwargs["outlets"] = [Asset(destination.rstrip("/"))]
+        super().__init__(**kwargs)
+        self.destination = destination
+        self.file_format = file_format
+        self.records_per_file = records_per_file
+
+    def _destination(self) -> ObjectStoragePath:
+        text = str(self.destination or "").strip().rstrip("/")
+        if not text:
+            raise ClioConfigError("destination must be a folder URL such as file:///data/clio/contacts")
+        return ObjectStoragePath(text)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Extract, upload the parts, commit the manifest, remove superseded runs; return the summary."""
+        started = datetime.now(timezone.utc)
+        plan = self.build_plan(context)
+        destination = self._destination()
+        key = plan.key(target=str(destination), file_format=self.file_format)
+        checkpointer = Checkpointer(
+            store_for_context(context, lambda: FileCheckpointStore(destination / CHECKPOINT_FILE)), key
+        )
+        hook = self.get_hook()
+        self.log.info(
+            "Extracting %s (fields=%s, interval=%s) into %s",
+            plan.endpoint,
+            plan.fields or "<default>",
+            plan.interval.to_dict(),
+            destination,
+        )
+        columns = top_level_names(plan.fields) or None
+        with tempfile.TemporaryDirectory(prefix="clio-extract-") as workdir:
+            writer = PartWriter(destination, self.file_format, workdir, columns)
+            try:
+                result = run_extraction(
+                    hook=hook,
+                    plan=plan,
+                    checkpointer=checkpointer,
+                    sink=writer,
+                    unit_size=self.records_per_file,
+                )
+            finally:
+                writer.close()
+        state = result.state
+        manifest_path = destination / MANIFEST_FILE
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "run": state.token,
+            "endpoint": plan.endpoint,
+            "fields": plan.fields,
+            "params": plan.params,
+            "interval": plan.interval.to_dict(),
+            "format": self.file_format,
+            "files": state.parts,
+            "records": state.records,
+            "pages": state.pages,
+            "committed_at": datetime.now(timezone.utc).isoformat(),
+            "task": _task_identity(context),
+        }
+        # The commit point: before this write readers see the previous run (or nothing), after it this run.
+        write_json_atomic(manifest_path, manifest)
+        self.log.info(
+            "Committed %s: %d record(s) in %d file(s)", manifest_path, state.records, len(state.parts)
+        )
+        removed = remove_superseded_runs(destination, keep=f"run={state.token}")
+        if removed:
+            self.log.info("Removed superseded run folder(s): %s", ", ".join(removed))
+        checkpointer.clear()
+        summary = {
+            "records": state.records,
+            "pages": state.pages,
+            "files": len(state.parts),
+            "rate_limited": state.rate_limited,
+            "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 3),
+            "manifest": str(manifest_path),
+            "run": state.token,
+            "interval": plan.interval.to_dict(),
+            "resumed": result.resumed,
+            "resumed_parts": result.resumed_parts,
+        }
+        self._summary = summary
+        return summary
+
+    def _ol_outputs(self, summary: Mapping[str, Any] | None) -> list[Any]:
+        from airflow.providers.common.compat.openlineage.facet import (
+            OutputDataset,
+            OutputStatisticsOutputDatasetFacet,
+        )
+
+        text = str(self.destination or "").rstrip("/")
+        if not text or "{{" in text:
+            return []
+        path = ObjectStoragePath(text)
+        protocol = path.protocol or "file"
+        namespace = f"{protocol}://{path.bucket}" if path.bucket else protocol
+        name = path.path if protocol in ("file", "local") else path.key
+        facets: dict[str, Any] = {}
+        if summary:
+            facets["outputStatistics"] = OutputStatisticsOutputDatasetFacet(
+                rowCount=summary.get("records"), fileCount=summary.get("files")
+            )
+        return [OutputDataset(namespace=namespace, name=name, outputFacets=facets)]
+
+
+def remove_superseded_runs(destination: ObjectStoragePath, keep: str) -> list[str]:
+    """Delete the ``run=*`` folders and stray temporary manifests other than ``keep``; return their names."""
+    removed: list[str] = []
+    try:
+        children = list(destination.iterdir())
+    except FileNotFoundError:
+        return removed
+    for child in children:
+        name = child.name
+        stale_run = name.startswith("run=") and name != keep
+        stale_tmp = name.startswith(f"{MANIFEST_FILE}.tmp")
+        if not (stale_run or stale_tmp):
+            continue
+        # A leftover folder only costs space; never fail a committed run over it.
+        with contextlib.suppress(FileNotFoundError, OSError):
+            child.fs.rm(child.path, recursive=stale_run)
+            removed.append(name)
+    return removed
+
+
+def _task_identity(context: Mapping[str, Any]) -> dict[str, Any]:
+    ti = context.get("ti")
+    if ti is None:
+        return {}
+    return {
+        "dag_id": getattr(ti, "dag_id", None),
+        "run_id": getattr(ti, "run_id", None),
+        "task_id": getattr(ti, "task_id", None),
+        "map_index": getattr(ti, "map_index", -1),
+        "try_number": getattr(ti, "try_number", None),
+    }
