@@ -1,0 +1,761 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Tests for ClioHook: connection parsing, and every request path against the real emulator on loopback.
+
+Pacing and backoff use an injected fake clock and sleep, so the tests never wait; the emulator's own rate
+limit is switched off where the fake sleep would otherwise make the hook faster than 3 req/s. The real-time
+rate-limit scenarios live in ``test_clio_rate_limit.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from airflow.sdk import Connection
+from airflow.sdk.execution_time.context import set_current_context
+
+from airflow_provider_clio import __version__
+from airflow_provider_clio.auth import MemoryTokenStore, TokenSet
+from airflow_provider_clio.exceptions import (
+    ClioAuthError,
+    ClioBadRequestError,
+    ClioConfigError,
+    ClioNotFoundError,
+    ClioPaginationError,
+    ClioPermissionError,
+    ClioRateLimitError,
+    ClioTransientError,
+)
+from airflow_provider_clio.hooks.clio import ClioConfig, ClioHook, RetrySettings
+from airflow_provider_clio.rate_limit import reset_shared_limiters
+from airflow_provider_clio.testing import ClioEmulator, Faults
+
+CONN_ID = "clio_test"
+
+
+class FakeTime:
+    """A monotonic clock that moves only when the hook sleeps; records every sleep."""
+
+    def __init__(self) -> None:
+        self.now = 5000.0
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+class RecordingStore(MemoryTokenStore):
+    """A MemoryTokenStore that remembers every token it was given (to look for leaks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[TokenSet] = []
+
+    def save(self, conn_id: str, tokens: TokenSet) -> None:
+        self.history.append(tokens)
+        super().save(conn_id, tokens)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limiters() -> Iterator[None]:
+    reset_shared_limiters()
+    yield
+    reset_shared_limiters()
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+def set_conn(monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any], conn_id: str = CONN_ID) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+def emulator_hook(
+    monkeypatch: pytest.MonkeyPatch,
+    emu: ClioEmulator,
+    fake_time: FakeTime,
+    *,
+    store: MemoryTokenStore | None = None,
+    conn_id: str = CONN_ID,
+    client_id: str | None = None,
+    region: str = "us",
+    **kwargs: Any,
+) -> ClioHook:
+    set_conn(monkeypatch, emu.connection(client_id=client_id, region=region), conn_id)
+    return ClioHook(
+        conn_id,
+        token_store=store if store is not None else MemoryTokenStore(),
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+        **kwargs,
+    )
+
+
+def api_requests(emu: ClioEmulator) -> list[Any]:
+    return [r for r in emu.requests if r.is_api]
+
+
+def project(record: dict[str, Any], fields: dict[str, tuple[str, ...] | None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, nested in fields.items():
+        value = record[name]
+        out[name] = value if nested is None or value is None else {k: value[k] for k in nested}
+    return out
+
+
+# -- connection parsing ------------------------------------------------------------------------------
+
+
+def base_conn(**extra: Any) -> dict[str, Any]:
+    return {"conn_type": "clio", "login": "app-key", "password": "app-secret-value", "extra": extra}
+
+
+@pytest.mark.parametrize(
+    ("region", "api", "auth"),
+    [
+        ("us", "https://api.clio.com", "https://auth.api.clio.com"),
+        ("ca", "https://ca.api.clio.com", "https://ca.auth.api.clio.com"),
+        ("eu", "https://eu.api.clio.com", "https://eu.auth.api.clio.com"),
+        ("au", "https://au.api.clio.com", "https://au.auth.api.clio.com"),
+        ("EU ", "https://eu.api.clio.com", "https://eu.auth.api.clio.com"),
+    ],
+)
+def test_region_picks_hosts_and_pool(
+    monkeypatch: pytest.MonkeyPatch, region: str, api: str, auth: str
+) -> None:
+    set_conn(monkeypatch, base_conn(region=region))
+    hook = ClioHook(CONN_ID)
+    assert hook.base_url == api
+    assert hook.token_url == f"{auth}/oauth/token"
+    assert hook.authorize_url == f"{auth}/oauth/authorize"
+    assert hook.region == region.strip().lower()
+    assert hook.pool_name == f"clio_{hook.region}"
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, base_conn())
+    hook = ClioHook(CONN_ID)
+    config = hook.config
+    assert (config.region, config.requests_per_slot, config.pool) == ("us", 1.0, "clio_us")
+    assert hook.pool_slots == 1
+    assert hook.rate == 1.0
+    assert ClioHook.pool_for_region("au") == "clio_au"
+    assert ClioHook.default_conn_name == "clio_default"
+    assert (ClioHook.conn_type, ClioHook.conn_name_attr, ClioHook.hook_name) == (
+        "clio",
+        "clio_conn_id",
+        "Clio",
+    )
+
+
+def test_host_override_serves_api_and_oauth(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, {**base_conn(region="eu"), "host": "https://clio-proxy.example.com/clio/"})
+    hook = ClioHook(CONN_ID)
+    assert hook.base_url == "https://clio-proxy.example.com/clio"
+    assert hook.token_url == "https://clio-proxy.example.com/clio/oauth/token"
+    assert hook.authorize_url == "https://clio-proxy.example.com/clio/oauth/authorize"
+    assert hook.pool_name == "clio_eu"
+
+
+@pytest.mark.parametrize(
+    "host", ["http://127.0.0.1:8765", "http://127.3.4.5:1", "http://localhost:8765", "http://[::1]:8765"]
+)
+def test_plain_http_is_accepted_on_loopback(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    set_conn(monkeypatch, {**base_conn(), "host": host})
+    assert ClioHook(CONN_ID).base_url == host
+
+
+def test_connection_port_is_added_to_a_host_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, {**base_conn(), "host": "http://127.0.0.1", "port": 8765})
+    assert ClioHook(CONN_ID).base_url == "http://127.0.0.1:8765"
+
+
+@pytest.mark.parametrize(
+    ("conn", "field"),
+    [
+        ({**base_conn(), "login": ""}, "login"),
+        ({**base_conn(), "password": None}, "password"),
+        (base_conn(region="uk"), "'region'"),
+        (base_conn(region=3), "'region'"),
+        ({**base_conn(), "host": "api.clio.com"}, "host must be a URL with its scheme"),
+        ({**base_conn(), "host": "ftp://api.clio.com"}, "host must be a URL with its scheme"),
+        ({**base_conn(), "host": "http://clio-proxy.example.com"}, "plain http"),
+        ({**base_conn(), "host": "http://10.0.0.5:8765"}, "plain http"),
+        ({**base_conn(), "host": "https://user:pw@proxy.example.com"}, "without credentials"),
+        ({**base_conn(), "host": "https://proxy.example.com/?a=1"}, "without credentials, query"),
+        (base_conn(requests_per_slot=0), "'requests_per_slot'"),
+        (base_conn(requests_per_slot=-1), "'requests_per_slot'"),
+        (base_conn(requests_per_slot="fast"), "'requests_per_slot'"),
+        (base_conn(requests_per_slot=True), "'requests_per_slot'"),
+        (base_conn(requests_per_slot="inf"), "'requests_per_slot'"),
+        (base_conn(expires_at="tomorrow"), "'expires_at'"),
+        (base_conn(refresh_token=123), "'refresh_token'"),
+        (base_conn(access_token=["x"]), "'access_token'"),
+        (base_conn(pool=" "), "'pool'"),
+    ],
+)
+def test_invalid_connections_fail_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any], field: str
+) -> None:
+    set_conn(monkeypatch, conn)
+    hook = ClioHook(CONN_ID)
+    with pytest.raises(ClioConfigError, match=field) as info:
+        hook.get("grow/contacts")
+    assert "app-secret-value" not in str(info.value)
+
+
+def test_extras_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(
+        monkeypatch,
+        base_conn(
+            region="ca",
+            refresh_token="refresh-abc",
+            access_token="access-abc",
+            expires_at="2026-07-01T00:00:00Z",
+            requests_per_slot="0.5",
+            pool="clio_shared",
+        ),
+    )
+    hook = ClioHook(CONN_ID, pool_slots=3)
+    config = hook.config
+    assert config.refresh_token == "refresh-abc"
+    assert config.access_token == "access-abc"
+    assert config.expires_at == datetime(2026, 7, 1, tzinfo=timezone.utc).timestamp()
+    assert config.requests_per_slot == 0.5
+    assert hook.pool_name == "clio_shared"
+    assert hook.rate == 1.5
+
+
+def test_epoch_expires_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, base_conn(expires_at=1780000000))
+    assert ClioHook(CONN_ID).config.expires_at == 1780000000.0
+
+
+def test_prefixed_extras_are_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(
+        monkeypatch,
+        base_conn(
+            extra__clio__region="au",
+            extra__clio__requests_per_slot=2,
+            extra__clio__refresh_token="legacy-refresh",
+            requests_per_slot=3,  # the plain key wins
+        ),
+    )
+    config = ClioHook(CONN_ID).config
+    assert (config.region, config.requests_per_slot, config.refresh_token) == ("au", 3.0, "legacy-refresh")
+
+
+def test_extras_are_copied_not_mutated() -> None:
+    extra = {"region": "eu", "refresh_token": "r-token-value"}
+    conn = Connection(
+        conn_id="c", conn_type="clio", login="id", password="secret-value", extra=json.dumps(extra)
+    )
+    before = conn.extra
+    ClioConfig.from_connection(conn)
+    assert conn.extra == before
+    assert json.loads(conn.extra) == extra
+
+
+def test_unknown_extras_are_named_but_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    set_conn(monkeypatch, base_conn(refresh_tokn="typo-secret-value"))
+    with caplog.at_level(logging.WARNING):
+        ClioHook(CONN_ID).config  # noqa: B018
+    assert "refresh_tokn" in caplog.text
+    assert "typo-secret-value" not in caplog.text
+
+
+def test_config_repr_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, base_conn(refresh_token="refresh-secret-value", access_token="access-secret-value"))
+    text = repr(ClioHook(CONN_ID).config)
+    for secret in ("app-secret-value", "refresh-secret-value", "access-secret-value"):
+        assert secret not in text
+
+
+def test_secrets_are_registered_with_the_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk._shared.secrets_masker import redact
+
+    set_conn(monkeypatch, base_conn(refresh_token="refresh-mask-me-123"))
+    ClioHook(CONN_ID).config  # noqa: B018
+    assert redact("x app-secret-value refresh-mask-me-123 y") == "x *** *** y"
+
+
+@pytest.mark.parametrize("kwargs", [{"pool_slots": 0}, {"pool_slots": 1.5}, {"timeout": 0}, {"timeout": "5"}])
+def test_invalid_hook_arguments(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ClioConfigError):
+        ClioHook(CONN_ID, **kwargs)
+
+
+def test_pool_slots_default_to_the_running_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, base_conn(requests_per_slot=0.5))
+    with set_current_context({"task": SimpleNamespace(pool_slots=3)}):  # type: ignore[arg-type]
+        hook = ClioHook(CONN_ID)
+        assert hook.pool_slots == 3
+        assert hook.rate == 1.5
+        assert ClioHook(CONN_ID, pool_slots=2).rate == 1.0
+
+
+def test_session_identifies_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    import airflow
+
+    set_conn(monkeypatch, base_conn())
+    agent = ClioHook(CONN_ID).session.headers["User-Agent"]
+    assert agent == f"airflow-provider-clio/{__version__} (apache-airflow/{airflow.__version__})"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [("", "relative path"), ("/", "relative path"), ("https://evil.example/grow/contacts", "relative")],
+)
+def test_bad_endpoints(monkeypatch: pytest.MonkeyPatch, endpoint: str, reason: str) -> None:
+    set_conn(monkeypatch, base_conn())
+    with pytest.raises(ClioConfigError, match=reason):
+        ClioHook(CONN_ID).get(endpoint)
+
+
+def test_bad_fields_and_params_fail_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No host is reachable at api.clio.com from the tests: anything that sent a request would hang or fail
+    # differently. ClioConfigError proves validation came first.
+    set_conn(monkeypatch, base_conn())
+    hook = ClioHook(CONN_ID)
+    with pytest.raises(ClioConfigError, match="one level of braces"):
+        next(hook.paginate("grow/matters", fields=["id", "client{account{id}}"]))
+    with pytest.raises(ClioConfigError, match="not both"):
+        next(hook.paginate("grow/matters", fields="id", params={"fields": "id"}))
+    with pytest.raises(ClioConfigError, match="start_url"):
+        next(hook.paginate("grow/matters", params={"page_token": "abc"}))
+    with pytest.raises(ClioConfigError, match="empty item"):
+        hook.get("grow/contacts", params={"fields": "id,"})
+    assert hook.stats.requests == 0
+
+
+# -- against the emulator ----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("count", "pages"), [(0, 1), (1, 1), (50, 1), (200, 4), (201, 5), (237, 5)])
+def test_pagination_returns_every_record_exactly_once(
+    monkeypatch: pytest.MonkeyPatch,
+    clio_emulator_factory: Any,
+    fake_time: FakeTime,
+    count: int,
+    pages: int,
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": count}, page_size=50, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    records = list(hook.paginate("grow/contacts", fields=["id", "name", "updated_at"]))
+    expected = [project(r, {"id": None, "name": None, "updated_at": None}) for r in emu.records("contacts")]
+    assert records == expected
+    assert len({r["id"] for r in records}) == count
+    assert hook.stats.pages == pages
+    assert len(api_requests(emu)) == pages == hook.stats.requests
+    # Pacing: one emission interval between consecutive requests, on the injected clock.
+    assert fake_time.sleeps == pytest.approx([1.05] * (pages - 1))
+
+
+@pytest.mark.integration
+def test_next_urls_are_followed_exactly(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 120}, page_size=50, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    since = "2026-03-01T00:00:00+00:00"
+    pages = list(hook.iter_pages("grow/contacts", fields="id,updated_at", params={"updated_since": since}))
+    expected = [
+        project(r, {"id": None, "updated_at": None})
+        for r in emu.records("contacts")
+        if datetime.fromisoformat(r["updated_at"]) >= datetime.fromisoformat(since)
+    ]
+    assert [r for page in pages for r in page.records] == expected
+    assert [page.number for page in pages] == list(range(1, len(pages) + 1))
+    assert pages[-1].next_url is None
+    for page, following in itertools.pairwise(pages):
+        assert following.url == page.next_url
+    # Each request after the first carried exactly the parameters of the server's next URL, once each.
+    seen = api_requests(emu)
+    assert len(seen) == len(pages) > 2
+    for request, previous in zip(seen[1:], pages, strict=False):
+        assert previous.next_url is not None
+        assert request.query == parse_qs(urlsplit(previous.next_url).query)
+        assert all(len(values) == 1 for values in request.query.values())
+
+
+@pytest.mark.integration
+def test_nested_fields_arrive(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"matters": 30, "activities": 25}, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    matters = list(hook.paginate("grow/matters", fields=["id", "client{id,name}"]))
+    assert matters == [project(r, {"id": None, "client": ("id", "name")}) for r in emu.records("matters")]
+    activities = list(hook.paginate("grow/v2/activities", fields="id,matter{id,display_number},user{id}"))
+    assert activities == [
+        project(r, {"id": None, "matter": ("id", "display_number"), "user": ("id",)})
+        for r in emu.records("activities")
+    ]
+
+
+@pytest.mark.integration
+def test_bad_field_fails_with_the_server_message_without_retrying(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 10}, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    with pytest.raises(ClioBadRequestError) as info:
+        list(hook.paginate("grow/contacts", fields=["id", "no_such_field"]))
+    assert info.value.status_code == 400
+    assert "no_such_field" in info.value.message
+    assert info.value.endpoint == "grow/contacts"
+    assert len(api_requests(emu)) == 1
+    assert fake_time.sleeps == []
+
+
+@pytest.mark.integration
+def test_forbidden_resource_fails_without_retrying(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory()
+    emu.register_app(
+        client_id="clio-scoped", client_secret="scoped-secret-1", region="us", scopes=["contacts"]
+    )
+    hook = emulator_hook(monkeypatch, emu, fake_time, client_id="clio-scoped")
+    with pytest.raises(ClioPermissionError) as info:
+        list(hook.paginate("grow/matters", fields="id"))
+    assert info.value.status_code == 403
+    assert info.value.message
+    assert len(api_requests(emu)) == 1
+
+
+@pytest.mark.integration
+def test_unknown_record_is_not_found(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 5}, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    with pytest.raises(ClioNotFoundError):
+        hook.get_record("grow/contacts", 999)
+    assert len(api_requests(emu)) == 1
+
+
+@pytest.mark.integration
+def test_faults_do_not_change_the_records(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 1000}, page_size=20, rate_limit=None)
+    emu.set_faults(
+        Faults(seed=3, error_rate=0.15, error_statuses=(429, 503), drop_rate=0.05, truncate_rate=0.05)
+    )
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    records = list(hook.paginate("grow/contacts", fields="id,name,updated_at"))
+    assert records == [
+        project(r, {"id": None, "name": None, "updated_at": None}) for r in emu.records("contacts")
+    ]
+    seen = api_requests(emu)
+    faults = {r.fault for r in seen}
+    assert {"error", "drop", "truncate"} <= faults
+    assert hook.stats.retries == len(seen) - 50 > 0
+    assert hook.stats.rate_limited == sum(1 for r in seen if r.status == 429) > 0
+
+
+@pytest.mark.integration
+def test_retry_after_is_honoured_exactly(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 10}, rate_limit=None)
+    emu.set_faults(Faults(outage_requests=2, outage_status=429, retry_after=3))
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    assert len(list(hook.paginate("grow/contacts", fields="id"))) == 10
+    # Two backoffs of exactly Retry-After (no jitter); the limiter did not need to wait on top of them.
+    assert fake_time.sleeps == [3.0, 3.0]
+    assert hook.stats.rate_limited == 2
+    assert hook.stats.retries == 2
+
+
+@pytest.mark.integration
+def test_retry_after_beyond_the_budget_hands_over_to_airflow(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 10}, rate_limit=None)
+    emu.set_faults(Faults(outage_requests=5, outage_status=429, retry_after=120))
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    with pytest.raises(ClioRateLimitError) as info:
+        hook.get("grow/contacts")
+    assert info.value.retry_after == 120.0
+    assert info.value.status_code == 429
+    assert len(api_requests(emu)) == 1
+    assert fake_time.sleeps == []
+
+
+@pytest.mark.integration
+def test_persistent_outage_spends_the_budget_then_raises_retryable(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 10}, rate_limit=None)
+    emu.set_faults(Faults(outage_requests=100, outage_status=503))
+    hook = emulator_hook(monkeypatch, emu, fake_time, retry=RetrySettings(jitter=False))
+    with pytest.raises(ClioTransientError) as info:
+        hook.get("grow/contacts")
+    assert info.value.status_code == 503
+    assert len(api_requests(emu)) == 6
+    # Backoffs 1, 2, 4, 8, 16 s; only the first is shorter than the 1.05 s pacing interval, so the limiter
+    # adds the missing 0.05 s before the second attempt.
+    assert fake_time.sleeps == pytest.approx([1.0, 0.05, 2.0, 4.0, 8.0, 16.0])
+
+
+@pytest.mark.integration
+def test_total_backoff_respects_the_budget(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 10}, rate_limit=None)
+    emu.set_faults(Faults(outage_requests=100, outage_status=502))
+    retry = RetrySettings(max_attempts=10, jitter=False, max_total_wait=20)
+    hook = emulator_hook(monkeypatch, emu, fake_time, retry=retry)
+    with pytest.raises(ClioTransientError):
+        hook.get("grow/contacts")
+    backoffs = [s for s in fake_time.sleeps if s >= 1.0]
+    assert backoffs == [1.0, 2.0, 4.0, 8.0, 5.0]  # the last one is cut to the budget left
+    assert len(api_requests(emu)) == 6
+
+
+@pytest.mark.integration
+def test_read_timeouts_are_transient(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 10}, rate_limit=None)
+    emu.set_faults(Faults(slow_rate=1.0, slow_seconds=1.0))
+    hook = emulator_hook(monkeypatch, emu, fake_time, timeout=0.2, retry=RetrySettings(max_attempts=2))
+    with pytest.raises(ClioTransientError, match="Timeout"):
+        hook.get("grow/contacts")
+    assert hook.stats.retries == 1
+
+
+@pytest.mark.integration
+def test_expired_access_token_is_refreshed_once(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 300}, page_size=100, rate_limit=None)
+    store = MemoryTokenStore()
+    hook = emulator_hook(monkeypatch, emu, fake_time, store=store)
+    pages = hook.iter_pages("grow/contacts", fields="id")
+    first = next(pages)
+    emu.expire_access_tokens()
+    rest = list(pages)
+    assert [r["id"] for p in [first, *rest] for r in p.records] == list(range(1, 301))
+    assert emu.count(status=401) == 1
+    assert store.saves == 2  # the first refresh (no access token in the connection), then after the 401
+    assert hook.token_manager.refreshes == 2
+
+
+@pytest.mark.integration
+def test_connection_access_token_is_used_until_rejected(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 5}, rate_limit=None)
+    token, expires_at = emu.issue_access_token("clio-emulator-us")
+    conn = emu.connection(access_token=token, expires_at=expires_at)
+    set_conn(monkeypatch, conn)
+    store = MemoryTokenStore()
+    hook = ClioHook(CONN_ID, token_store=store, clock=fake_time.clock, sleep=fake_time.sleep)
+    assert len(hook.get("grow/contacts")["data"]) == 5
+    assert store.saves == 0
+    assert [r.path for r in emu.requests] == ["/grow/contacts"]
+
+
+@pytest.mark.integration
+def test_second_401_after_a_refresh_is_an_auth_error(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    # Every token expires the moment it is issued, so the resend after the refresh is rejected too.
+    emu = clio_emulator_factory(records={"contacts": 5}, rate_limit=None, access_token_ttl=0)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    with pytest.raises(ClioAuthError) as info:
+        hook.get("grow/contacts")
+    assert info.value.status_code == 401
+    assert "even after a refresh" in info.value.message
+    assert emu.count(status=401) == 2  # one resend, never more
+    assert hook.token_manager.refreshes == 2
+
+
+@pytest.mark.integration
+def test_revoked_refresh_token_is_an_auth_error(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory()
+    conn = emu.connection()
+    # Spend the connection's refresh token elsewhere: Clio revokes it at once.
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": conn["extra"]["refresh_token"],
+        "client_id": conn["login"],
+        "client_secret": conn["password"],
+    }
+    assert requests.post(f"{emu.url}/oauth/token", data=form, timeout=5).status_code == 200
+    set_conn(monkeypatch, conn)
+    hook = ClioHook(CONN_ID, token_store=MemoryTokenStore(), clock=fake_time.clock, sleep=lambda s: None)
+    with pytest.raises(ClioAuthError, match="invalid_grant"):
+        hook.get("grow/contacts")
+    assert not api_requests(emu)
+
+
+@pytest.mark.integration
+def test_get_record_and_etags(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 20}, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    first = hook.get_record("grow/contacts", 7)
+    assert first.data == emu.records("contacts")[6]
+    assert first.etag
+    assert first.last_modified
+    assert not first.not_modified
+    again = hook.get_record("grow/contacts", 7, etag=first.etag)
+    assert again.not_modified
+    assert again.data is None
+    assert again.etag == first.etag
+    emu.touch("contacts", [7])
+    changed = hook.get_record("grow/contacts", "7", fields=["id", "updated_at"], etag=first.etag)
+    assert not changed.not_modified
+    assert changed.data == {"id": 7, "updated_at": emu.records("contacts")[6]["updated_at"]}
+    assert changed.etag != first.etag
+    assert [r.path for r in api_requests(emu)] == ["/grow/contacts/7"] * 3
+
+
+@pytest.mark.integration
+def test_resume_from_a_checkpointed_next_url(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 130}, page_size=50, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    first = next(hook.iter_pages("grow/contacts", fields="id"))
+    assert first.next_url
+    resumed = list(hook.iter_pages("grow/contacts", fields="id", start_url=first.next_url))
+    ids = [r["id"] for r in first.records] + [r["id"] for p in resumed for r in p.records]
+    assert ids == list(range(1, 131))
+    assert [p.number for p in resumed] == [1, 2]
+    assert resumed[0].url == first.next_url
+
+
+@pytest.mark.integration
+def test_foreign_start_url_is_refused_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory()
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    with pytest.raises(ClioPaginationError, match="start URL"):
+        next(hook.iter_pages("grow/contacts", start_url="https://evil.example/grow/contacts?page_token=x"))
+    assert emu.requests == []
+
+
+@pytest.mark.integration
+def test_test_connection(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory()
+    hook = emulator_hook(monkeypatch, emu, fake_time, region="eu")
+    ok, message = hook.test_connection()
+    assert ok, message
+    assert "clio-emulator-eu" in message
+    assert "clio_eu" in message
+    assert [(r.path, r.query) for r in api_requests(emu)] == [("/grow/users", {"fields": ["id"]})]
+
+    conn = emu.connection(region="eu")
+    conn["password"] = "wrong-secret-value"
+    set_conn(monkeypatch, conn, "clio_bad")
+    ok, message = ClioHook(
+        "clio_bad", token_store=MemoryTokenStore(), sleep=fake_time.sleep
+    ).test_connection()
+    assert not ok
+    assert "invalid_client" in message
+    assert "wrong-secret-value" not in message
+
+
+def test_test_connection_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, base_conn(region="mars"))
+    ok, message = ClioHook(CONN_ID).test_connection()
+    assert not ok
+    assert "region" in message
+
+
+@pytest.mark.integration
+def test_post_form_only_reaches_the_token_endpoint(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory()
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    with pytest.raises(ClioConfigError, match="token endpoint"):
+        hook.post_form("https://evil.example/oauth/token", {"client_secret": "x"})
+    response = hook.post_form(hook.token_url, {"grant_type": "refresh_token", "refresh_token": "nope"})
+    assert response.status_code in (400, 401)
+    assert hook.stats.requests == 0  # token calls are not API requests
+    assert hook.stats.token_requests == 1
+
+
+@pytest.mark.integration
+def test_no_secret_reaches_logs_or_output(
+    monkeypatch: pytest.MonkeyPatch,
+    clio_emulator_factory: Any,
+    fake_time: FakeTime,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 120}, page_size=30, rate_limit=None)
+    emu.set_faults(Faults(seed=5, error_rate=0.2, drop_rate=0.05, truncate_rate=0.05))
+    emu.register_app(client_id="clio-leak-test", client_secret="very-secret-client-value", region="us")
+    conn = emu.connection(client_id="clio-leak-test")
+    set_conn(monkeypatch, conn)
+    store = RecordingStore()
+    with caplog.at_level(logging.DEBUG):
+        hook = ClioHook(CONN_ID, token_store=store, clock=fake_time.clock, sleep=fake_time.sleep)
+        pages = hook.iter_pages("grow/contacts", fields="id,name")
+        list(next(pages).records)
+        emu.expire_access_tokens()  # forces a 401 and a refresh mid-run
+        assert sum(len(p.records) for p in pages) == 90
+        with pytest.raises(ClioBadRequestError):
+            hook.get("grow/contacts", params={"fields": "id,bogus"})
+        bad = dict(conn, password="another-wrong-secret")
+        set_conn(monkeypatch, bad, "clio_bad")
+        ok, message = ClioHook("clio_bad", token_store=MemoryTokenStore()).test_connection()
+        assert not ok
+        hook.log.info("done: %s", message)
+    captured = capsys.readouterr()
+    text = caplog.text + captured.out + captured.err + message
+    # The hook logs through structlog (captured by capsys), auth and urllib3 through stdlib logging (caplog):
+    # make sure the capture really saw the hook's page lines.
+    assert "page 4" in text
+    secrets = {"very-secret-client-value", "another-wrong-secret", conn["extra"]["refresh_token"]}
+    for tokens in store.history:
+        secrets |= {tokens.access_token or "", tokens.refresh_token}
+    secrets.discard("")
+    assert len(secrets) >= 7  # client secrets, the first refresh token, two rotated pairs
+    leaked = [s for s in secrets if s in text]
+    assert leaked == []
+
+
+@pytest.mark.integration
+def test_stats_counts_match_the_emulator_log(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 90}, page_size=30, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    assert sum(1 for _ in hook.paginate("grow/contacts", fields="id")) == 90
+    assert len(api_requests(emu)) == 3
+    assert (hook.stats.requests, hook.stats.pages, hook.stats.records) == (3, 3, 90)
+    assert hook.stats.limiter_wait_seconds == pytest.approx(2.1)
