@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -334,7 +335,8 @@ class TestDataAndRecording:
             )
         created = [r["created_at"] for r in records]
         assert created == sorted(created)
-        assert records[0]["created_at"] < "2026-01-02" and records[-1]["created_at"] > "2026-06-29"
+        assert records[0]["created_at"] < "2026-01-02"
+        assert records[-1]["created_at"] > "2026-06-29"
 
     def test_unknown_resource_is_rejected(self) -> None:
         with pytest.raises(ValueError, match="unknown resources"):
@@ -346,7 +348,7 @@ class TestDataAndRecording:
         nxt = api.get(f"{emu.url}/grow/contacts", params={"fields": "id"}).json()["meta"]["paging"]["next"]
         api.get(nxt)
         api.get(f"{emu.url}/grow/contacts/1")
-        requests.get(f"{emu.url}/grow/contacts")
+        requests.get(f"{emu.url}/grow/contacts", timeout=10)
         records = emu.requests
         assert [r.status for r in records] == [200, 200, 200, 401]
         first, second = records[0], records[1]
@@ -359,7 +361,7 @@ class TestDataAndRecording:
         )
         assert second.page_token == parse_qs(urlsplit(nxt).query)["page_token"][0]
         assert records[3].client_id is None
-        assert all(a.t <= b.t for a, b in zip(records, records[1:]))
+        assert all(a.t <= b.t for a, b in itertools.pairwise(records))
         assert emu.count(status=200) == 3
         assert emu.count(region="us") == 3
         assert emu.count(path_prefix="/grow/contacts/") == 1
@@ -367,11 +369,12 @@ class TestDataAndRecording:
         assert emu.requests == []
 
     def test_admin_endpoints(self, emu: ClioEmulator, api: requests.Session) -> None:
+        admin = requests.Session()  # no token: the admin surface needs none
         api.get(f"{emu.url}/grow/contacts")
-        listed = requests.get(f"{emu.url}/_emulator/requests").json()["requests"]
+        listed = admin.get(f"{emu.url}/_emulator/requests").json()["requests"]
         assert listed[0]["path"] == "/grow/contacts"
         assert listed[0]["status"] == 200
-        stats = requests.get(f"{emu.url}/_emulator/stats").json()
+        stats = admin.get(f"{emu.url}/_emulator/stats").json()
         assert stats["by_status"]["200"] == 2  # the API request and the admin listing
         assert stats["records"]["contacts"] == 450
         assert stats["windows"] == [
@@ -382,17 +385,17 @@ class TestDataAndRecording:
                 "max_admitted_in_window": 1,
             }
         ]
-        assert requests.post(f"{emu.url}/_emulator/records", json={"resource": "users", "n": 2}).json() == {
+        assert admin.post(f"{emu.url}/_emulator/records", json={"resource": "users", "n": 2}).json() == {
             "ids": [26, 27]
         }
-        touched = requests.post(
+        touched = admin.post(
             f"{emu.url}/_emulator/touch",
             json={"resource": "users", "ids": [1], "at": "2026-08-01T00:00:00+00:00"},
         )
         assert touched.status_code == 200
         assert emu.records("users")[0]["updated_at"] == "2026-08-01T00:00:00+00:00"
-        assert requests.post(f"{emu.url}/_emulator/reset_requests").status_code == 200
-        assert requests.get(f"{emu.url}/_emulator/requests").json()["requests"] == [
+        assert admin.post(f"{emu.url}/_emulator/reset_requests").status_code == 200
+        assert admin.get(f"{emu.url}/_emulator/requests").json()["requests"] == [
             {
                 "t": pytest.approx(emu.requests[0].t),
                 "wall": pytest.approx(emu.requests[0].wall),
@@ -407,8 +410,8 @@ class TestDataAndRecording:
                 "fault": None,
             }
         ]
-        assert requests.post(f"{emu.url}/_emulator/touch", json={"resource": "users"}).status_code == 400
-        assert requests.get(f"{emu.url}/_emulator/nope").status_code == 404
+        assert admin.post(f"{emu.url}/_emulator/touch", json={"resource": "users"}).status_code == 400
+        assert admin.get(f"{emu.url}/_emulator/nope").status_code == 404
 
     def test_concurrent_clients_are_served(
         self, emu: ClioEmulator, api_session: Callable[..., requests.Session]
