@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_clio.hooks.clio import ClioHook
+    from airflow_provider_clio.rate_limit import RetrySettings
 
 log = logging.getLogger(__name__)
 
@@ -398,6 +399,8 @@ class ClioBaseOperator(BaseOperator):
     :param region: Clio region (``us``, ``ca``, ``eu``, ``au``); default: the connection's ``region`` extra.
         Picks the default pool ``clio_<region>``.
     :param token_store: Where the hook keeps rotated OAuth tokens; default: the hook's Variable store.
+    :param request_retry: The hook's in-request retry policy (``RetrySettings``); default: the hook's (waits
+        of 1, 2, 4, 8, 16 s). When it is spent, the task-level retry takes over and resumes.
     """
 
     template_fields: Sequence[str] = ("endpoint", "fields", "query_params", "updated_since", "updated_until")
@@ -416,6 +419,7 @@ class ClioBaseOperator(BaseOperator):
         clio_conn_id: str = "clio_default",
         region: str | None = None,
         token_store: Any | None = None,
+        request_retry: RetrySettings | None = None,
         **kwargs: Any,
     ) -> None:
         resolved_region, pool = connection_region_and_pool(clio_conn_id, region)
@@ -434,6 +438,7 @@ class ClioBaseOperator(BaseOperator):
         self.clio_conn_id = clio_conn_id
         self.region = resolved_region
         self.token_store = token_store
+        self.request_retry = request_retry
         self._summary: dict[str, Any] | None = None
 
     def get_hook(self) -> ClioHook:
@@ -443,6 +448,8 @@ class ClioBaseOperator(BaseOperator):
         kwargs: dict[str, Any] = {"pool_slots": self.pool_slots}
         if self.token_store is not None:
             kwargs["token_store"] = self.token_store
+        if self.request_retry is not None:
+            kwargs["retry"] = self.request_retry
         hook = ClioHook(self.clio_conn_id, **kwargs)
         if self.pool != hook.pool_name:
             self.log.warning(

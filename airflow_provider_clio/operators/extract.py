@@ -92,8 +92,9 @@ class ClioExtractOperator(ClioBaseOperator):
             raise ClioConfigError(f"file_format must be one of {sorted(FILE_FORMATS)}, got {file_format!r}")
         if records_per_file < 1:
             raise ClioConfigError(f"records_per_file must be at least 1, got {records_per_file}")
-        if "outlets" not in kwargs and destination and "{{" not in destination:
-            kwargs["outlets"] = [Asset(destination.rstrip("/"))]
+        static = str(destination or "").strip().rstrip("/")
+        if "outlets" not in kwargs and static and "{{" not in static:
+            kwargs["outlets"] = [Asset(static)]
         super().__init__(**kwargs)
         self.destination = destination
         self.file_format = file_format

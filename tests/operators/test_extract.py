@@ -1,0 +1,499 @@
+# SPDX-License-Identifier: Apache-2.0
+"""ClioExtractOperator on the real emulator: exact files, reruns, intervals, resume, defaults, lineage."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from airflow.sdk import DAG, Asset
+
+from airflow_provider_clio.auth import MemoryTokenStore
+from airflow_provider_clio.exceptions import ClioConfigError, ClioTransientError
+from airflow_provider_clio.operators.extract import ClioExtractOperator
+from airflow_provider_clio.operators.retry_policy import ClioRetryPolicy
+from airflow_provider_clio.rate_limit import RetrySettings
+from airflow_provider_clio.testing import ClioEmulator
+
+UTC = datetime.timezone.utc
+MATTER_FIELDS = ["id", "display_number", "status", "client{id,name}", "updated_at"]
+FAST_FAIL = RetrySettings(max_attempts=2, initial=0.01, maximum=0.01, jitter=False, max_total_wait=1.0)
+"""In-request retries that an outage of two answers outlasts, so the task-level retry takes over."""
+
+
+@pytest.fixture
+def emu(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
+    return clio_emulator_factory(rate_limit=1000, records={"matters": 260, "contacts": 500}, page_size=50)
+
+
+def _manifest(destination: Path) -> dict[str, Any]:
+    return json.loads((destination / "_manifest.json").read_text())
+
+
+def _manifest_records(destination: Path) -> list[dict[str, Any]]:
+    """Read the committed output the way a consumer must: through the manifest."""
+    manifest = _manifest(destination)
+    rows: list[dict[str, Any]] = []
+    for entry in manifest["files"]:
+        with open(destination / entry["path"], encoding="utf-8") as handle:
+            part = [json.loads(line) for line in handle if line.strip()]
+        assert len(part) == entry["records"]
+        rows.extend(part)
+    return rows
+
+
+def _run_folders(destination: Path) -> list[str]:
+    return sorted(p.name for p in destination.iterdir() if p.name.startswith("run="))
+
+
+def _in(record: dict[str, Any], since: datetime.datetime, until: datetime.datetime) -> bool:
+    updated = datetime.datetime.fromisoformat(record["updated_at"])
+    return since <= updated < until
+
+
+def test_dag_run_writes_exact_records_and_a_rerun_replaces_them(
+    airflow_db: Path,
+    emu: ClioEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    conn = json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])
+    with DAG(
+        support.unique_dag_id("extract_matters"),
+        schedule="@daily",
+        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
+    ) as dag:
+        ClioExtractOperator(
+            task_id="extract",
+            clio_conn_id=conn_id,
+            endpoint="grow/matters",
+            fields=MATTER_FIELDS,
+            destination=f"file://{tmp_path}/matters/{{{{ ds_nodash }}}}",
+            records_per_file=100,
+            token_store=MemoryTokenStore(),
+        )
+    logical_date = datetime.datetime(2026, 3, 1, tzinfo=UTC)
+    destination = tmp_path / "matters" / "20260301"
+    expected = support.project(emu.records("matters"), MATTER_FIELDS)
+
+    first = support.run_dag(dag, logical_date=logical_date)
+    assert support.ti_state(first, "extract") == "success"
+    summary = support.xcom_value(first, "extract")
+    assert summary["records"] == 260
+    assert summary["pages"] == 6
+    assert summary["files"] == 3
+    assert summary["rate_limited"] == 0
+    assert summary["manifest"] == f"file://{destination}/_manifest.json"
+    assert _manifest_records(destination) == expected
+    manifest = _manifest(destination)
+    assert [f["records"] for f in manifest["files"]] == [100, 100, 60]
+    assert [f["path"] for f in manifest["files"]] == [
+        f"run={summary['run']}/part-0000{i}.jsonl" for i in range(3)
+    ]
+    assert manifest["endpoint"] == "grow/matters"
+    assert manifest["fields"] == "id,display_number,status,client{id,name},updated_at"
+    assert manifest["interval"] == {"since": None, "until": None}
+    # The checkpoint is gone once the manifest is committed.
+    assert support.task_state_keys(first, "extract") == []
+
+    second = support.run_dag(dag, logical_date=logical_date)
+    assert support.ti_state(second, "extract") == "success"
+    rerun = support.xcom_value(second, "extract")
+    assert rerun["run"] != summary["run"]
+    assert _run_folders(destination) == [f"run={rerun['run']}"]
+    assert _manifest_records(destination) == expected
+
+    # The summary is small and no rendered field or XCom carries a credential.
+    rendered = json.dumps(support.rendered_fields(second, "extract"), default=str)
+    assert f"file://{destination}" in rendered
+    stored = json.dumps(rerun)
+    assert len(stored) < 1000
+    secrets = [conn["password"], conn["extra"]["refresh_token"]]
+    for text in (rendered, stored):
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_parquet_parts_hold_nested_values_as_json(
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    fields = ["id", "display_number", "is_locked", "client{id,name}", "updated_at"]
+    op = ClioExtractOperator(
+        task_id="parquet",
+        clio_conn_id=conn_id,
+        endpoint="grow/matters",
+        fields=fields,
+        destination=f"file://{tmp_path}/pq",
+        file_format="parquet",
+        records_per_file=120,
+        token_store=MemoryTokenStore(),
+    )
+    summary = op.execute({})
+    manifest = _manifest(tmp_path / "pq")
+    assert [f["records"] for f in manifest["files"]] == [100, 100, 60]
+    assert all(f["path"].endswith(".parquet") for f in manifest["files"])
+    rows: list[dict[str, Any]] = []
+    for entry in manifest["files"]:
+        table = pq.read_table(tmp_path / "pq" / entry["path"])
+        assert table.column_names == ["id", "display_number", "is_locked", "client", "updated_at"]
+        assert str(table.schema.field("id").type) == "int64"
+        assert str(table.schema.field("is_locked").type) == "bool"
+        assert str(table.schema.field("client").type) == "string"
+        rows.extend(table.to_pylist())
+    expected = support.project(emu.records("matters"), fields)
+    for row in expected:
+        row["client"] = json.dumps(row["client"], separators=(",", ":"))
+    assert rows == expected
+    assert summary["records"] == 260
+
+
+def test_consecutive_intervals_partition_the_changes(
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    bounds = [datetime.datetime(2026, m, 1, tzinfo=UTC) for m in (3, 4, 5, 6)]
+    # Records placed on and around the boundaries: [since, until) puts each in exactly one interval.
+    emu.touch("matters", [1], at=bounds[1])
+    emu.touch("matters", [2], at=bounds[1] - datetime.timedelta(seconds=1))
+    emu.touch("matters", [3], at=bounds[2])
+    emu.touch("matters", [4], at=bounds[3])
+    emu.touch("matters", [5], at=bounds[0])
+    store = MemoryTokenStore()
+    extracted: list[list[dict[str, Any]]] = []
+    for i, (since, until) in enumerate(itertools.pairwise(bounds)):
+        op = ClioExtractOperator(
+            task_id=f"interval_{i}",
+            clio_conn_id=conn_id,
+            endpoint="grow/matters",
+            fields=["id", "display_number"],
+            updated_since=since.isoformat(),
+            updated_until=until.isoformat(),
+            destination=f"file://{tmp_path}/i{i}",
+            records_per_file=40,
+            token_store=store,
+        )
+        summary = op.execute({})
+        assert summary["interval"] == {"since": since.isoformat(), "until": until.isoformat()}
+        rows = _manifest_records(tmp_path / f"i{i}")
+        # updated_at was requested only to filter: it is not in the output.
+        assert all(set(r) == {"id", "display_number"} for r in rows)
+        extracted.append(rows)
+
+    truth = emu.records("matters")
+    for (since, until), rows in zip(itertools.pairwise(bounds), extracted, strict=True):
+        assert rows == [
+            {"id": r["id"], "display_number": r["display_number"]} for r in truth if _in(r, since, until)
+        ]
+    ids = [[r["id"] for r in rows] for rows in extracted]
+    assert 5 in ids[0]
+    assert 2 in ids[0]
+    assert 1 in ids[1]
+    assert 3 in ids[2]
+    assert all(4 not in group for group in ids)
+    union = [i for group in ids for i in group]
+    assert len(union) == len(set(union))
+    assert sorted(union) == [r["id"] for r in truth if _in(r, bounds[0], bounds[3])]
+
+
+def test_upper_bound_defaults_to_the_data_interval_end(
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    since = datetime.datetime(2026, 3, 1, tzinfo=UTC)
+    end = datetime.datetime(2026, 4, 1, tzinfo=UTC)
+    truth = emu.records("matters")
+    store = MemoryTokenStore()
+
+    def run(name: str, context: dict[str, Any]) -> list[int]:
+        op = ClioExtractOperator(
+            task_id=name,
+            clio_conn_id=conn_id,
+            endpoint="grow/matters",
+            fields=["id"],
+            updated_since="{{ data_interval_start }}",
+            destination=f"file://{tmp_path}/{name}",
+            token_store=store,
+        )
+        op.updated_since = since.isoformat()  # what the template renders to
+        op.execute(context)
+        return [r["id"] for r in _manifest_records(tmp_path / name)]
+
+    # Scheduled run: [data_interval_start, data_interval_end).
+    assert run("scheduled", {"data_interval_end": end}) == [r["id"] for r in truth if _in(r, since, end)]
+    # Manual run (empty interval): no upper bound.
+    assert run("manual", {"data_interval_end": since}) == [
+        r["id"] for r in truth if datetime.datetime.fromisoformat(r["updated_at"]) >= since
+    ]
+
+
+def test_retry_resumes_from_the_last_committed_part(
+    airflow_db: Path,
+    emu: ClioEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    # Paced at 20 requests/s, so the outage watcher lands between two pages.
+    conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
+    fields = ["id", "name", "email", "updated_at"]
+    with DAG(
+        support.unique_dag_id("extract_resume"),
+        schedule=None,
+        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
+    ) as dag:
+        ClioExtractOperator(
+            task_id="extract",
+            clio_conn_id=conn_id,
+            endpoint="grow/contacts",
+            fields=fields,
+            destination=f"file://{tmp_path}/contacts",
+            records_per_file=100,  # two pages of 50 per part
+            token_store=MemoryTokenStore(),
+            request_retry=FAST_FAIL,
+            retries=1,
+            retry_delay=datetime.timedelta(0),
+            retry_exponential_backoff=0,
+        )
+    with support.OutageAfterPages(emu, pages=5, requests=2) as outage:
+        dag_run = support.run_dag(dag)
+    assert outage.fired.is_set()
+    assert support.ti_state(dag_run, "extract") == "success"
+    assert support.try_number(dag_run, "extract") == 2
+    summary = support.xcom_value(dag_run, "extract")
+    assert summary["resumed"] is True
+    committed_parts = summary["resumed_parts"]
+    assert committed_parts >= 1
+
+    # Exactly once: every record of the emulator, in order, no duplicates.
+    destination = tmp_path / "contacts"
+    assert _manifest_records(destination) == support.project(emu.records("contacts"), fields)
+    assert summary["records"] == 500
+    assert _run_folders(destination) == [f"run={summary['run']}"]
+
+    # The retry did not re-read committed pages: it started at the first uncommitted one.
+    before, after = support.split_at_outage(emu.requests)
+    first_try = support.page_tokens(before)
+    second_try = support.page_tokens(after)
+    committed_pages = committed_parts * 2
+    assert first_try[0] is None  # the first page has no token
+    assert second_try[0] == first_try[committed_pages]
+    assert not set(first_try[:committed_pages]) & set(second_try)
+    assert len(first_try) + len(second_try) - 10 <= 2  # at most the uncommitted pages were read twice
+
+
+def test_file_checkpoint_fallback_resumes_outside_task_state_store(
+    emu: ClioEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
+    fields = ["id", "name"]
+    store = MemoryTokenStore()
+
+    def operator(**kwargs: Any) -> ClioExtractOperator:
+        return ClioExtractOperator(
+            task_id="fallback",
+            clio_conn_id=conn_id,
+            endpoint="grow/contacts",
+            destination=f"file://{tmp_path}/out",
+            records_per_file=100,
+            token_store=store,
+            request_retry=FAST_FAIL,
+            **{"fields": fields, **kwargs},
+        )
+
+    with support.OutageAfterPages(emu, pages=5, requests=2), pytest.raises(ClioTransientError):
+        operator().execute({})
+    destination = tmp_path / "out"
+    checkpoint = json.loads((destination / "_checkpoint.json").read_text())
+    assert checkpoint["parts"]
+    assert not (destination / "_manifest.json").exists()
+
+    # A different selection must not resume the saved parts.
+    with caplog.at_level(logging.WARNING):
+        other = operator(fields=["id"]).execute({})
+    assert "belongs to a different extraction" in caplog.text
+    assert other["resumed"] is False
+    assert _manifest_records(destination) == [{"id": r["id"]} for r in emu.records("contacts")]
+    assert not (destination / "_checkpoint.json").exists()
+    assert _run_folders(destination) == [f"run={other['run']}"]
+
+    # Fail again, then resume with the same selection from the file beside the output.
+    emu.clear_requests()
+    with support.OutageAfterPages(emu, pages=5, requests=2), pytest.raises(ClioTransientError):
+        operator().execute({})
+    saved = json.loads((destination / "_checkpoint.json").read_text())
+    summary = operator().execute({})
+    assert summary["resumed"] is True
+    assert summary["run"] == saved["token"]
+    assert summary["resumed_parts"] == len(saved["parts"])
+    assert _manifest_records(destination) == support.project(emu.records("contacts"), fields)
+    assert not (destination / "_checkpoint.json").exists()
+    assert _run_folders(destination) == [f"run={summary['run']}"]
+    _, after = support.split_at_outage(emu.requests)
+    assert None not in support.page_tokens(after)
+
+
+def test_defaults_pool_retries_and_policy(
+    emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    eu_conn = support.clio_connection(monkeypatch, emu, region="eu")
+    op = ClioExtractOperator(
+        task_id="t", clio_conn_id=eu_conn, endpoint="grow/contacts", destination="file:///tmp/x/"
+    )
+    assert op.region == "eu"
+    assert op.pool == "clio_eu"
+    assert op.retries == 5
+    assert op.retry_delay == datetime.timedelta(seconds=30)
+    assert op.retry_exponential_backoff == 2.0
+    assert op.max_retry_delay == datetime.timedelta(minutes=10)
+    assert isinstance(op.retry_policy, ClioRetryPolicy)
+    assert op.inlets == [Asset("clio://eu/grow/contacts")]
+    assert op.outlets == [Asset("file:///tmp/x")]
+    assert set(op.template_fields) == {
+        "endpoint",
+        "fields",
+        "query_params",
+        "updated_since",
+        "updated_until",
+        "destination",
+    }
+
+    # User arguments and DAG default_args win over the operator's defaults.
+    custom = ClioExtractOperator(
+        task_id="u",
+        clio_conn_id=eu_conn,
+        region="au",
+        endpoint="grow/contacts",
+        destination="file:///tmp/{{ ds }}",
+        pool="mine",
+        retries=1,
+        retry_policy=None,
+    )
+    assert (custom.region, custom.pool, custom.retries, custom.retry_policy) == ("au", "mine", 1, None)
+    assert custom.inlets == [Asset("clio://au/grow/contacts")]
+    assert custom.outlets == []
+    with DAG(
+        "defaults", schedule=None, default_args={"retries": 2, "retry_delay": datetime.timedelta(seconds=1)}
+    ):
+        from_default_args = ClioExtractOperator(
+            task_id="v", clio_conn_id=eu_conn, endpoint="grow/contacts", destination="file:///tmp/v"
+        )
+    assert from_default_args.retries == 2
+    assert from_default_args.retry_delay == datetime.timedelta(seconds=1)
+    assert from_default_args.pool == "clio_eu"
+
+    # A connection that cannot be read at parse time falls back to the us pool; the pool extra wins.
+    missing = ClioExtractOperator(
+        task_id="w", clio_conn_id="no_such_conn", endpoint="grow/contacts", destination="file:///tmp/w"
+    )
+    assert (missing.region, missing.pool) == ("us", "clio_us")
+    pooled = support.clio_connection(monkeypatch, emu, pool="clio_shared")
+    assert (
+        ClioExtractOperator(
+            task_id="p", clio_conn_id=pooled, endpoint="grow/contacts", destination="file:///tmp/p"
+        ).pool
+        == "clio_shared"
+    )
+
+
+def test_warns_when_the_task_pool_is_not_the_connections_pool(
+    emu: ClioEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    op = ClioExtractOperator(
+        task_id="t",
+        clio_conn_id=conn_id,
+        endpoint="grow/matters",
+        fields=["id"],
+        destination=f"file://{tmp_path}/w",
+        pool="default_pool",
+        token_store=MemoryTokenStore(),
+    )
+    op.execute({})
+    # Operator logs go through Airflow's structlog task logger (stdout here), not the logging module.
+    assert "paces for pool 'clio_us'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"file_format": "csv"}, "file_format"),
+        ({"records_per_file": 0}, "records_per_file"),
+    ],
+)
+def test_invalid_arguments_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ClioConfigError, match=message):
+        ClioExtractOperator(
+            task_id="bad", clio_conn_id="none", endpoint="grow/contacts", destination="file:///x", **kwargs
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"query_params": {"fields": "id"}}, "query_params must not set fields"),
+        ({"updated_since": "2026-03-02", "updated_until": "2026-03-01"}, "must be later"),
+        ({"updated_since": "yesterday"}, "cannot parse"),
+        ({"fields": "id,client{id{x}}"}, "one level"),
+        ({"destination": "  "}, "destination"),
+    ],
+    ids=["reserved-param", "empty-interval", "bad-timestamp", "bad-fields", "no-destination"],
+)
+def test_invalid_rendered_arguments_fail_without_a_request(
+    emu: ClioEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+    kwargs: dict[str, Any],
+    message: str,
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    arguments: dict[str, Any] = {"destination": "file:///tmp/never", **kwargs}
+    op = ClioExtractOperator(
+        task_id="bad",
+        clio_conn_id=conn_id,
+        endpoint="grow/contacts",
+        token_store=MemoryTokenStore(),
+        **arguments,
+    )
+    with pytest.raises(ClioConfigError, match=message):
+        op.execute({})
+    assert emu.count(path_prefix="/grow") == 0
+
+
+def test_openlineage_facets(
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    op = ClioExtractOperator(
+        task_id="ol",
+        clio_conn_id=conn_id,
+        endpoint="grow/matters",
+        fields=["id"],
+        destination=f"file://{tmp_path}/ol",
+        token_store=MemoryTokenStore(),
+    )
+    start = op.get_openlineage_facets_on_start()
+    assert [(d.namespace, d.name) for d in start.inputs] == [("clio://us", "grow/matters")]
+    assert [(d.namespace, d.name) for d in start.outputs] == [("file", f"{tmp_path}/ol")]
+    op.execute({})
+    complete = op.get_openlineage_facets_on_complete(None)
+    assert complete.outputs[0].outputFacets["outputStatistics"].rowCount == 260

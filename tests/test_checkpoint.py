@@ -1,0 +1,225 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Checkpoints: round trip, validation, key matching, the stores, and task_state_store across real retries."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from airflow.sdk import DAG, BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_clio.checkpoint import (
+    CHECKPOINT_KEY,
+    Checkpoint,
+    Checkpointer,
+    FileCheckpointStore,
+    MemoryCheckpointStore,
+    TaskStateCheckpointStore,
+    new_token,
+    store_for_context,
+    write_json_atomic,
+)
+
+KEY = {
+    "endpoint": "grow/contacts",
+    "fields": "id,name,updated_at",
+    "params": {"updated_since": "2026-03-01T00:00:00+00:00"},
+    "interval": {"since": "2026-03-01T00:00:00+00:00", "until": "2026-03-02T00:00:00+00:00"},
+    "target": "file:///data/contacts",
+}
+
+
+def _support() -> ModuleType:
+    name = "clio_operator_test_support"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "operators" / "support.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _checkpoint(**overrides: Any) -> Checkpoint:
+    values: dict[str, Any] = {
+        "token": "20260301T000000-abcdef12",
+        "next_url": "http://127.0.0.1:1/grow/contacts?page_token=p3",
+        "parts": [{"path": "run=x/part-00000.jsonl", "records": 400}],
+        "records": 400,
+        "pages": 2,
+        "key": dict(KEY),
+        "rate_limited": 1,
+    }
+    values.update(overrides)
+    return Checkpoint(**values)
+
+
+def test_round_trip_through_json() -> None:
+    checkpoint = _checkpoint()
+    again = Checkpoint.from_dict(json.loads(json.dumps(checkpoint.to_dict())))
+    assert again == checkpoint
+    assert not again.complete
+    assert again.interval == KEY["interval"]
+    assert _checkpoint(next_url=None).complete
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"version": 99}, "unsupported checkpoint version"),
+        ({"token": ""}, "no token"),
+        ({"next_url": 5}, "next_url"),
+        ({"parts": "x"}, "parts"),
+        ({"key": []}, "key"),
+    ],
+    ids=["version", "token", "next_url", "parts", "key"],
+)
+def test_from_dict_rejects_malformed(change: dict[str, Any], message: str) -> None:
+    data = {**_checkpoint().to_dict(), **change}
+    with pytest.raises(ValueError, match=message):
+        Checkpoint.from_dict(data)
+
+
+def test_mismatch_names_every_differing_item() -> None:
+    checkpoint = _checkpoint()
+    assert checkpoint.mismatch(KEY) is None
+    other = {**KEY, "fields": "id", "interval": {"since": None, "until": None}}
+    reason = checkpoint.mismatch(other)
+    assert reason is not None
+    assert "fields" in reason
+    assert "interval" in reason
+    assert "endpoint" not in reason
+
+
+def test_new_tokens_are_unique_and_sortable() -> None:
+    tokens = {new_token() for _ in range(50)}
+    assert len(tokens) == 50
+    assert all(len(t.split("-")[0]) == 15 for t in tokens)
+
+
+def test_file_store_round_trip_atomic_and_clear(tmp_path: Path) -> None:
+    path = ObjectStoragePath(f"file://{tmp_path}/out/_checkpoint.json")
+    store = FileCheckpointStore(path)
+    assert store.load() is None
+    store.save(_checkpoint().to_dict())
+    assert Checkpoint.from_dict(store.load()) == _checkpoint()
+    # Only the final file: the temporary name was renamed over it.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_checkpoint.json"]
+    store.clear()
+    store.clear()  # idempotent
+    assert store.load() is None
+
+
+def test_file_store_ignores_unreadable_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "_checkpoint.json").write_text("{not json")
+    store = FileCheckpointStore(ObjectStoragePath(f"file://{tmp_path}/_checkpoint.json"))
+    with caplog.at_level(logging.WARNING):
+        assert store.load() is None
+    assert "unreadable checkpoint" in caplog.text
+
+
+def test_write_json_atomic_replaces_content(tmp_path: Path) -> None:
+    path = ObjectStoragePath(f"file://{tmp_path}/deep/er/_manifest.json")
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"a": 2})
+    assert json.loads((tmp_path / "deep/er/_manifest.json").read_text()) == {"a": 2}
+    assert [p.name for p in (tmp_path / "deep/er").iterdir()] == ["_manifest.json"]
+
+
+def test_checkpointer_resumes_matching_checkpoint(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryCheckpointStore()
+    Checkpointer(store, KEY).save(_checkpoint(key={}))
+    with caplog.at_level(logging.INFO):
+        resumed = Checkpointer(store, KEY).resume()
+    assert resumed is not None
+    assert resumed.next_url == _checkpoint().next_url
+    assert "Resuming from the checkpoint" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "other_key",
+    [
+        {**KEY, "endpoint": "grow/matters"},
+        {**KEY, "fields": "id"},
+        {**KEY, "interval": {"since": "2026-03-02T00:00:00+00:00", "until": None}},
+        {**KEY, "target": "file:///elsewhere"},
+    ],
+    ids=["endpoint", "fields", "interval", "target"],
+)
+def test_checkpointer_ignores_other_extraction(
+    other_key: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryCheckpointStore()
+    Checkpointer(store, KEY).save(_checkpoint())
+    with caplog.at_level(logging.WARNING):
+        assert Checkpointer(store, other_key).resume() is None
+    assert "belongs to a different extraction" in caplog.text
+
+
+def test_checkpointer_ignores_malformed_and_unreadable(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryCheckpointStore()
+    store.value = {"version": 1, "token": ""}
+    with caplog.at_level(logging.WARNING):
+        assert Checkpointer(store, KEY).resume() is None
+
+    class Broken(MemoryCheckpointStore):
+        def load(self) -> Any:
+            raise OSError("store down")
+
+    with caplog.at_level(logging.WARNING):
+        assert Checkpointer(Broken(), KEY).resume() is None
+    assert "Could not read the checkpoint" in caplog.text
+
+
+def test_store_for_context_prefers_task_state_store() -> None:
+    accessor = object()
+    store = store_for_context({"task_state_store": accessor}, MemoryCheckpointStore)  # type: ignore[arg-type]
+    assert isinstance(store, TaskStateCheckpointStore)
+    assert store.accessor is accessor
+    assert store.key == CHECKPOINT_KEY
+    assert isinstance(store_for_context({}, MemoryCheckpointStore), MemoryCheckpointStore)  # type: ignore[arg-type]
+
+
+SEEN: list[tuple[int, Any]] = []
+
+
+class _CheckpointProbe(BaseOperator):
+    """Save a checkpoint then fail on try 1; on try 2 resume it and clear it."""
+
+    def execute(self, context: Any) -> Any:
+        checkpointer = Checkpointer(store_for_context(context, MemoryCheckpointStore), KEY)
+        resumed = checkpointer.resume()
+        SEEN.append((context["ti"].try_number, None if resumed is None else resumed.next_url))
+        if resumed is None:
+            checkpointer.save(_checkpoint())
+            raise AirflowException("fail after the checkpoint is saved")
+        checkpointer.clear()
+        assert checkpointer.resume() is None
+        return resumed.records
+
+
+def test_task_state_store_survives_a_real_retry(airflow_db: Path) -> None:
+    support = _support()
+    SEEN.clear()
+    with DAG(
+        support.unique_dag_id("checkpoint_probe"),
+        schedule=None,
+        start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    ) as dag:
+        _CheckpointProbe(task_id="probe", retries=1, retry_delay=datetime.timedelta(0))
+    dag_run = support.run_dag(dag)
+    assert support.ti_state(dag_run, "probe") == "success"
+    assert SEEN[0] == (1, None)
+    assert SEEN[1] == (2, _checkpoint().next_url)
+    assert len(SEEN) == 2
+    assert support.xcom_value(dag_run, "probe") == 400
