@@ -1,0 +1,303 @@
+# SPDX-License-Identifier: Apache-2.0
+"""ClioToSqlOperator into real SQLite and PostgreSQL: exact rows, idempotent reruns, upserts, resume."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from airflow.sdk import DAG
+
+from airflow_provider_clio.auth import MemoryTokenStore
+from airflow_provider_clio.exceptions import ClioConfigError
+from airflow_provider_clio.rate_limit import RetrySettings
+from airflow_provider_clio.testing import ClioEmulator
+from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator, SqlSink, infer_sql_type
+
+UTC = datetime.timezone.utc
+MATTER_FIELDS = ["id", "display_number", "status", "is_locked", "client{id,name}", "updated_at"]
+FAST_FAIL = RetrySettings(max_attempts=2, initial=0.01, maximum=0.01, jitter=False, max_total_wait=1.0)
+
+
+@pytest.fixture
+def emu(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
+    return clio_emulator_factory(rate_limit=1000, records={"matters": 260, "contacts": 500}, page_size=50)
+
+
+@pytest.fixture
+def sqlite_conn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    path = tmp_path / "warehouse.db"
+    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
+    connection = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection)
+    return conn_id, path
+
+
+@pytest.fixture
+def pg_table(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A Postgres connection id and a unique table name; the table is dropped afterwards."""
+    import psycopg2
+
+    conn_id = f"pg_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", postgres_dsn)
+    table = f"clio_test_{uuid.uuid4().hex[:10]}"
+    yield conn_id, table
+    with closing(psycopg2.connect(postgres_dsn)) as conn, conn.cursor() as cur:
+        cur.execute(f'DROP TABLE IF EXISTS "{table}"')
+        conn.commit()
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else value
+
+
+def _expected_rows(
+    records: list[dict[str, Any]], fields: list[str], support: ModuleType
+) -> list[tuple[Any, ...]]:
+    """Emulator truth as table rows: nested values as compact JSON text, columns in field order."""
+    return [tuple(_cell(v) for v in record.values()) for record in support.project(records, fields)]
+
+
+def _sqlite_rows(path: Path, table: str) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f'SELECT * FROM "{table}" ORDER BY id').fetchall()  # noqa: S608 - test table
+
+
+def test_sqlite_load_is_exact_and_a_rerun_changes_nothing(
+    emu: ClioEmulator,
+    sqlite_conn: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    conn_id, path = sqlite_conn
+    clio = support.clio_connection(monkeypatch, emu)
+    op = ClioToSqlOperator(
+        task_id="load",
+        clio_conn_id=clio,
+        endpoint="grow/matters",
+        fields=MATTER_FIELDS,
+        sql_conn_id=conn_id,
+        table="clio_matters",
+        batch_size=100,
+        token_store=MemoryTokenStore(),
+    )
+    summary = op.execute({})
+    assert summary["records"] == 260
+    assert summary["batches"] == 3
+    assert summary["pages"] == 6
+    expected = _expected_rows(emu.records("matters"), MATTER_FIELDS, support)
+    assert _sqlite_rows(path, "clio_matters") == expected
+    with closing(sqlite3.connect(path)) as conn:
+        ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'clio_matters'").fetchone()[0]
+    assert ddl == (
+        'CREATE TABLE "clio_matters" ("id" BIGINT PRIMARY KEY, "display_number" TEXT, "status" TEXT, '
+        '"is_locked" BOOLEAN, "client" TEXT, "updated_at" TEXT)'
+    )
+
+    again = op.execute({})
+    assert again["records"] == 260
+    assert _sqlite_rows(path, "clio_matters") == expected
+
+
+def test_sqlite_incremental_intervals_upsert_changed_rows(
+    emu: ClioEmulator,
+    sqlite_conn: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    conn_id, path = sqlite_conn
+    clio = support.clio_connection(monkeypatch, emu)
+    store = MemoryTokenStore()
+    fields = ["id", "display_number", "updated_at"]
+
+    def load(since: datetime.datetime, until: datetime.datetime) -> dict[str, Any]:
+        return ClioToSqlOperator(
+            task_id="load",
+            clio_conn_id=clio,
+            endpoint="grow/matters",
+            fields=fields,
+            updated_since=since.isoformat(),
+            updated_until=until.isoformat(),
+            sql_conn_id=conn_id,
+            table="matters",
+            token_store=store,
+        ).execute({})
+
+    start = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    cut = datetime.datetime(2026, 7, 1, tzinfo=UTC)
+    first = load(start, cut)
+    assert first["records"] == 260
+    # Three matters change after the first load; the next interval upserts exactly them.
+    later = datetime.datetime(2026, 7, 2, 12, tzinfo=UTC)
+    emu.touch("matters", [3, 100, 250], at=later)
+    second = load(cut, datetime.datetime(2026, 8, 1, tzinfo=UTC))
+    assert second["records"] == 3
+    rows = _sqlite_rows(path, "matters")
+    assert rows == _expected_rows(emu.records("matters"), fields, support)
+    assert [r[0] for r in rows if r[2] == later.isoformat()] == [3, 100, 250]
+
+
+def test_columns_come_from_the_first_page_without_fields(
+    emu: ClioEmulator,
+    sqlite_conn: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    conn_id, path = sqlite_conn
+    clio = support.clio_connection(monkeypatch, emu)
+    ClioToSqlOperator(
+        task_id="load",
+        clio_conn_id=clio,
+        endpoint="grow/matters",
+        sql_conn_id=conn_id,
+        table="all_fields",
+        token_store=MemoryTokenStore(),
+    ).execute({})
+    truth = emu.records("matters")
+    with closing(sqlite3.connect(path)) as conn:
+        columns = [row[1] for row in conn.execute('PRAGMA table_info("all_fields")')]
+    assert columns == list(truth[0])
+    assert len(_sqlite_rows(path, "all_fields")) == len(truth)
+
+
+def test_postgres_retry_resumes_from_the_last_committed_batch(
+    airflow_db: Path,
+    emu: ClioEmulator,
+    pg_table: tuple[str, str],
+    postgres_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    import psycopg2
+
+    conn_id, table = pg_table
+    clio = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
+    fields = ["id", "name", "email", "source{id,name}", "updated_at"]
+    with DAG(
+        support.unique_dag_id("sql_resume"),
+        schedule=None,
+        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
+    ) as dag:
+        ClioToSqlOperator(
+            task_id="load",
+            clio_conn_id=clio,
+            endpoint="grow/contacts",
+            fields=fields,
+            sql_conn_id=conn_id,
+            table=table,
+            batch_size=100,  # two pages of 50 per transaction
+            token_store=MemoryTokenStore(),
+            request_retry=FAST_FAIL,
+            retries=1,
+            retry_delay=datetime.timedelta(0),
+            retry_exponential_backoff=0,
+        )
+    with support.OutageAfterPages(emu, pages=5, requests=2) as outage:
+        dag_run = support.run_dag(dag)
+    assert outage.fired.is_set()
+    assert support.ti_state(dag_run, "load") == "success"
+    assert support.try_number(dag_run, "load") == 2
+    summary = support.xcom_value(dag_run, "load")
+    assert summary["resumed"] is True
+    committed_batches = summary["resumed_batches"]
+    assert committed_batches >= 1
+    assert support.task_state_keys(dag_run, "load") == []
+
+    def table_rows() -> list[tuple[Any, ...]]:
+        with closing(psycopg2.connect(postgres_dsn)) as conn, conn.cursor() as cur:
+            cur.execute(f'SELECT * FROM "{table}" ORDER BY id')  # noqa: S608 - generated test table
+            return cur.fetchall()
+
+    expected = _expected_rows(emu.records("contacts"), fields, support)
+    assert table_rows() == expected
+
+    before, after = support.split_at_outage(emu.requests)
+    first_try = support.page_tokens(before)
+    second_try = support.page_tokens(after)
+    committed_pages = committed_batches * 2
+    assert second_try[0] == first_try[committed_pages]
+    assert not set(first_try[:committed_pages]) & set(second_try)
+
+    # Rerunning the interval upserts the same rows: the row count does not change.
+    rerun = ClioToSqlOperator(
+        task_id="again",
+        clio_conn_id=clio,
+        endpoint="grow/contacts",
+        fields=fields,
+        sql_conn_id=conn_id,
+        table=table,
+        token_store=MemoryTokenStore(),
+    )
+    monkeypatch.setenv(*emu.connection_env(clio, requests_per_slot=500))
+    assert rerun.execute({})["records"] == 500
+    assert table_rows() == expected
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [("matters; DROP TABLE x", "not a plain identifier"), ("a.b.c", "schema.table"), ("1abc", "identifier")],
+)
+def test_table_names_are_validated(table: str, message: str) -> None:
+    with pytest.raises(ClioConfigError, match=message):
+        ClioToSqlOperator(
+            task_id="bad", clio_conn_id="none", endpoint="grow/matters", sql_conn_id="x", table=table
+        )
+
+
+def test_sql_connection_must_be_a_dbapi_hook(
+    emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    clio = support.clio_connection(monkeypatch, emu)
+    op = ClioToSqlOperator(
+        task_id="bad", clio_conn_id=clio, endpoint="grow/matters", sql_conn_id=clio, table="t"
+    )
+    with pytest.raises(ClioConfigError, match=r"not a common\.sql DbApiHook"):
+        op.execute({})
+
+
+class _DialectHook:
+    """Only what SqlSink reads to build statements: the dialect name and the placeholder."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect_name = dialect
+        self.placeholder = "%s"
+        self.log = None
+
+
+@pytest.mark.parametrize(
+    ("dialect", "expected"),
+    [
+        (
+            "postgresql",
+            'INSERT INTO "s"."t" ("id", "name") VALUES (%s, %s) ON CONFLICT ("id") DO UPDATE SET '
+            '"name" = excluded."name"',
+        ),
+        (
+            "mysql",
+            "INSERT INTO `s`.`t` (`id`, `name`) VALUES (%s, %s) "
+            "ON DUPLICATE KEY UPDATE `name` = VALUES(`name`)",
+        ),
+        ("mssql", None),
+    ],
+)
+def test_upsert_statement_per_dialect(dialect: str, expected: str | None) -> None:
+    sink = SqlSink(_DialectHook(dialect), conn=None, table="s.t", columns=["name", "id"])  # type: ignore[arg-type]
+    assert sink.upsert_sql() == expected
+
+
+def test_type_inference_is_conservative() -> None:
+    assert infer_sql_type([1, 2, None]) == "BIGINT"
+    assert infer_sql_type([True, False]) == "BOOLEAN"
+    assert infer_sql_type([1, 2.5]) == "DOUBLE PRECISION"
+    assert infer_sql_type([1, "2"]) == "TEXT"
+    assert infer_sql_type([{"id": 1}]) == "TEXT"
+    assert infer_sql_type([None, None]) == "TEXT"
+    assert infer_sql_type(["2026-01-01T00:00:00+00:00"]) == "TEXT"
