@@ -147,6 +147,13 @@ class ClioEmulator:
         """Mint an access token; return ``(token, expires_at)`` in epoch seconds."""
         return self._oauth.issue_access_token(client_id, ttl)
 
+    def issued_tokens(self, client_id: str | None = None) -> set[str]:
+        """Return every token ever issued (to ``client_id``), rotated and expired ones included.
+
+        For tests that check no token leaks into logs or output files.
+        """
+        return self._oauth.issued_tokens(client_id)
+
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far answer 401."""
         self._oauth.expire_access_tokens()
@@ -193,7 +200,11 @@ class ClioEmulator:
         window: float = 1.0,
         statuses: Collection[int] | None = None,
     ) -> int:
-        """Return the most API requests that arrived in any sliding ``window`` (all statuses by default)."""
+        """Return the most API requests one ``(client_id, region)`` budget got in any sliding ``window``.
+
+        Compare it with the rate limit: arrivals of every status count unless ``statuses`` narrows them,
+        and ``region`` / ``client_id`` narrow the budgets looked at (two apps never add up).
+        """
         return self._log.max_in_window(region=region, client_id=client_id, window=window, statuses=statuses)
 
     def count(

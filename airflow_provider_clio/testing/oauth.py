@@ -131,6 +131,8 @@ class OAuthServer:
         self._refresh: dict[str, AccessGrant] = {}
         self._revoked_refresh: set[str] = set()
         self._codes: dict[str, _Code] = {}
+        # Every token ever minted, with its app, so tests can look for leaks even after rotation.
+        self._issued: dict[str, str] = {}
 
     # -- apps ----------------------------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class OAuthServer:
             app = self._require_app(client_id)
             token = "emu-rt-" + secrets.token_urlsafe(24)
             self._refresh[token] = AccessGrant(client_id, scopes if scopes is not None else app.scopes)
+            self._issued[token] = client_id
             return token
 
     def issue_access_token(
@@ -187,6 +190,7 @@ class OAuthServer:
         expires_at = self._clock() + (self.access_token_ttl if ttl is None else ttl)
         token = "emu-at-" + secrets.token_urlsafe(24)
         self._access[token] = AccessGrant(client_id, scopes, expires_at)
+        self._issued[token] = client_id
         return token, expires_at
 
     def expire_access_tokens(self) -> None:
@@ -235,6 +239,7 @@ class OAuthServer:
             access, expires_at = self._mint_access(client_id, grant.scopes, None)
             refresh = "emu-rt-" + secrets.token_urlsafe(24)
             self._refresh[refresh] = AccessGrant(client_id, grant.scopes)
+            self._issued[refresh] = client_id
             return {
                 "access_token": access,
                 "token_type": "Bearer",
@@ -269,6 +274,11 @@ class OAuthServer:
         if stored.redirect_uri != redirect_uri:
             raise OAuthError(400, "invalid_grant", "redirect_uri does not match the authorization request")
         return AccessGrant(client_id, stored.scopes)
+
+    def issued_tokens(self, client_id: str | None = None) -> set[str]:
+        """Return every access and refresh token ever issued (to ``client_id``), revoked ones included."""
+        with self._lock:
+            return {t for t, owner in self._issued.items() if client_id is None or owner == client_id}
 
     def revoke(self, token: str) -> None:
         """Revoke an access or refresh token (unknown tokens are ignored, as RFC 7009 says)."""

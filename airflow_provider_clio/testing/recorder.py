@@ -85,23 +85,26 @@ class RequestLog:
         window: float = 1.0,
         statuses: Collection[int] | None = None,
     ) -> int:
-        """Return the most API requests that arrived within any sliding ``window`` seconds.
+        """Return the most API requests one rate-limit budget received within any sliding ``window``.
 
-        Counts every arrival (admitted or not) unless ``statuses`` narrows it; only API requests count,
-        as only they are rate limited. A window is ``(u - window, u]``, the same one the limiter uses.
+        A budget is a ``(client_id, region)`` pair, as for the limiter, so the answer is directly comparable
+        with the rate limit; ``region`` and ``client_id`` narrow which budgets are looked at. Every arrival
+        counts (admitted or not) unless ``statuses`` narrows it; only API requests count. A window is
+        ``(u - window, u]``, the one the limiter uses.
         """
-        times = [
-            r.t
-            for r in self.snapshot()
-            if r.is_api
-            and (region is None or r.region == region)
-            and (client_id is None or r.client_id == client_id)
-            and (statuses is None or r.status in statuses)
-        ]
+        groups: dict[tuple[str | None, str | None], list[float]] = {}
+        for r in self.snapshot():
+            if (
+                r.is_api
+                and (region is None or r.region == region)
+                and (client_id is None or r.client_id == client_id)
+                and (statuses is None or r.status in statuses)
+            ):
+                groups.setdefault((r.client_id, r.region), []).append(r.t)
         best = 0
-        for u in times:
-            inside = bisect.bisect_right(times, u) - bisect.bisect_right(times, u - window)
-            best = max(best, inside)
+        for times in groups.values():
+            for u in times:
+                best = max(best, bisect.bisect_right(times, u) - bisect.bisect_right(times, u - window))
         return best
 
     def count(

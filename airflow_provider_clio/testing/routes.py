@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode
 from airflow_provider_clio.testing.data import RESOURCES, SCHEMAS, RecordStore
 from airflow_provider_clio.testing.faults import FaultInjector, Faults
 from airflow_provider_clio.testing.limiter import SlidingWindowLimiter
-from airflow_provider_clio.testing.oauth import OAuthError, OAuthServer, scope_allows
+from airflow_provider_clio.testing.oauth import AccessGrant, OAuthError, OAuthServer, scope_allows
 from airflow_provider_clio.testing.query import (
     QueryError,
     encode_page_token,
@@ -96,19 +96,35 @@ class Router:
     # -- API -----------------------------------------------------------------------------------
 
     def _api(self, request: Request, path: str) -> Response:
-        page_token = next((v for k, v in request.pairs if k == "page_token"), None)
+        resource, rest = _split_api_path(path)
+        grant, reason = self._authenticate(request)
+        app = self.oauth.app(grant.client_id) if grant is not None else None
         decision = self.faults.draw()
         if decision.drop:
-            return Response(0, drop=True, fault="drop", page_token=page_token)
-        if decision.status is not None:
+            response = Response(0, drop=True)
+        elif decision.status is not None:
             response = self._error(decision.status)
-            response.fault = decision.kind
         else:
-            response = self._api_checked(request, path)
+            if grant is None or app is None:
+                response = _platform_error(
+                    401,
+                    reason or "The access token is invalid",
+                    [("WWW-Authenticate", 'Bearer error="invalid_token"')],
+                )
+            elif not self.limiter.try_acquire((app.client_id, app.region), at=request.t):
+                response = self._too_many()
+            elif resource is None or rest is None:
+                response = _platform_error(404, f"no such endpoint: {request.path}")
+            else:
+                response = self._resource(request, resource, rest, grant.scopes)
             response.slow_seconds = decision.slow_seconds
             response.truncate = decision.truncate
-            response.fault = decision.kind
-        response.page_token = page_token
+        # Faulted requests are attributed too (when their token is valid): the client did send them.
+        response.fault = decision.kind
+        response.resource = resource
+        response.page_token = next((v for k, v in request.pairs if k == "page_token"), None)
+        if app is not None:
+            response.client_id, response.region = app.client_id, app.region
         return response
 
     def _error(self, status: int) -> Response:
@@ -121,37 +137,11 @@ class Router:
         headers = [] if retry_after is None else [("Retry-After", f"{retry_after:g}")]
         return json_response(429, _TOO_MANY, headers)
 
-    def _api_checked(self, request: Request, path: str) -> Response:
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
+    def _authenticate(self, request: Request) -> tuple[AccessGrant | None, str]:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return self._unauthorized("Missing bearer access token")
-        grant, reason = self.oauth.check_access(token.strip())
-        app = self.oauth.app(grant.client_id) if grant is not None else None
-        if grant is None or app is None:
-            return self._unauthorized(reason or "The access token is invalid")
-
-        if not self.limiter.try_acquire((app.client_id, app.region), at=request.t):
-            response = self._too_many()
-        else:
-            response = self._route(request, path, grant.scopes)
-        response.client_id, response.region = app.client_id, app.region
-        return response
-
-    @staticmethod
-    def _unauthorized(message: str) -> Response:
-        return _platform_error(401, message, [("WWW-Authenticate", 'Bearer error="invalid_token"')])
-
-    def _route(self, request: Request, path: str, scopes: frozenset[str] | None) -> Response:
-        parts = path.split("/")[2:]
-        if parts and parts[0] == "v2":
-            parts = parts[1:]
-        if not parts or len(parts) > 2 or parts[0] not in RESOURCES:
-            return _platform_error(404, f"no such endpoint: {request.path}")
-        resource = parts[0]
-        response = self._resource(request, resource, parts[1:], scopes)
-        response.resource = resource
-        return response
+            return None, "Missing bearer access token"
+        return self.oauth.check_access(token.strip())
 
     def _resource(
         self,
@@ -356,6 +346,16 @@ class Router:
         ("POST", "touch"): _admin_touch,
         ("POST", "records"): _admin_add,
     }
+
+
+def _split_api_path(path: str) -> tuple[str | None, list[str] | None]:
+    """Return ``(resource, rest)`` of ``/grow[/v2]/{resource}[/{id}]``; rest is None for unknown routes."""
+    parts = path.split("/")[2:]
+    if parts and parts[0] == "v2":
+        parts = parts[1:]
+    if not parts or parts[0] not in RESOURCES:
+        return None, None
+    return parts[0], (parts[1:] if len(parts) <= 2 else None)
 
 
 # Statuses of requests that passed the limiter and were answered normally.

@@ -62,6 +62,9 @@ class TestRefresh:
         # The new one works exactly once too.
         assert refresh(http, emu, body["refresh_token"]).status_code == 200
         assert refresh(http, emu, body["refresh_token"]).status_code == 400
+        # Every token ever issued stays listed, for leak checks.
+        assert {old, body["refresh_token"], body["access_token"]} <= emu.issued_tokens(US)
+        assert old not in emu.issued_tokens("clio-emulator-eu")
 
     def test_concurrent_refreshes_with_one_token_have_one_winner(self, emu: ClioEmulator) -> None:
         token = emu.issue_refresh_token(US)
