@@ -249,10 +249,10 @@ class ClioEmulator:
         self._check_resource(resource)
         self._store.touch(resource, ids, at)
 
-    def add_records(self, resource: str, n: int) -> list[int]:
-        """Create ``n`` records (created and updated now); return their ids, which continue ascending."""
+    def add_records(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
+        """Create ``n`` records, created and updated at ``at`` (aware; default now); return their ids."""
         self._check_resource(resource)
-        return self._store.add(resource, n)
+        return self._store.add(resource, n, at)
 
     @staticmethod
     def _check_resource(resource: str) -> None:

@@ -270,6 +270,13 @@ class TestTimeFilters:
         got = fetch_all(api, f"{emu.url}/grow/matters", params)
         assert got == [{"id": 4, "updated_at": since.isoformat()}, {"id": 9, "updated_at": since.isoformat()}]
 
+    def test_added_records_carry_their_timestamp(self, emu: ClioEmulator, api: requests.Session) -> None:
+        at = datetime.datetime(2026, 7, 2, 12, 30, tzinfo=UTC)
+        ids = emu.add_records("sources", 2, at=at)
+        got = fetch_all(api, f"{emu.url}/grow/sources", {"created_since": "2026-07-01T00:00:00Z"})
+        assert [r["id"] for r in got] == ids == [11, 12]
+        assert {(r["created_at"], r["updated_at"]) for r in got} == {(at.isoformat(), at.isoformat())}
+
 
 class TestSingleRecord:
     def test_etag_and_304(self, emu: ClioEmulator, api: requests.Session) -> None:
