@@ -16,6 +16,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timezone
@@ -33,7 +34,7 @@ POOL_PREFIX = "clio_"
 
 class RateLimiter:
     """
-    Space requests evenly at ``rate`` per second: a GCRA with zero burst tolerance.
+    Space requests evenly at ``rate`` per second: a GCRA with zero burst tolerance, plus a window guard.
 
     The limiter keeps the theoretical arrival time (TAT) of the next request. A caller reserves the slot
     ``max(now, TAT)`` under the lock and moves TAT one emission interval ``T`` later, then sleeps *outside*
@@ -49,8 +50,17 @@ class RateLimiter:
     every window by the same argument, so their sum keeps to the pool's slots. The margin costs 5 % of
     the throughput, and there is no burst after an idle period (a burst would break the same window).
 
+    The window guard covers what the margin cannot: a stall longer than the margin between our send and
+    the server's arrival stamp (a descheduled worker, a paused server). The server stamps a request after
+    we send it and before we get its response, so a request sent at least ``window`` seconds after the
+    response to the ``k``-th previous one can never share a window with it, whatever the delays. With
+    ``k = max(1, floor(rate))`` requests per window per process, the pool's slots again bound the sum. The
+    guard only binds when a response takes longer than the GCRA's slack (50 ms at rate 1); callers report
+    responses with :meth:`release`.
+
     :param rate: Requests per second, > 0.
     :param safety: Margin on the emission interval (0.05 = 5 %).
+    :param window: Length of the server's sliding window in seconds.
     :param clock: Monotonic clock in seconds (injectable for tests).
     :param name: Label used in log lines.
     """
@@ -60,18 +70,24 @@ class RateLimiter:
         rate: float,
         *,
         safety: float = DEFAULT_SAFETY,
+        window: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
     ) -> None:
         if not safety >= 0:
             raise ClioConfigError(f"limiter safety margin must be >= 0, got {safety!r}")
+        if not 0 <= window < math.inf:
+            raise ClioConfigError(f"limiter window must be >= 0 seconds, got {window!r}")
         self._safety = safety
+        self._window = window
         self._clock = clock
         self._lock = threading.Lock()
         self._tat = -math.inf
         self.name = name
         self._rate = _check_rate(rate)
         self._interval = (1.0 + safety) / self._rate
+        # Completion times of the most recent requests, one per request allowed in a window.
+        self._done: deque[float] = deque(maxlen=_per_window(self._rate))
 
     @property
     def rate(self) -> float:
@@ -83,6 +99,11 @@ class RateLimiter:
         """Seconds between two consecutive requests: ``(1 + safety) / rate``."""
         return self._interval
 
+    @property
+    def per_window(self) -> int:
+        """Requests this limiter lets into one sliding window: ``max(1, floor(rate))``."""
+        return self._done.maxlen or 1
+
     def set_rate(self, rate: float) -> bool:
         """Change the rate for later reservations; return whether it changed."""
         rate = _check_rate(rate)
@@ -91,6 +112,7 @@ class RateLimiter:
                 return False
             old, self._rate = self._rate, rate
             self._interval = (1.0 + self._safety) / rate
+            self._done = deque(self._done, maxlen=_per_window(rate))
         log.info("Clio rate limiter %s: rate changed from %.3g to %.3g req/s", self.name, old, rate)
         return True
 
@@ -99,11 +121,13 @@ class RateLimiter:
         with self._lock:
             now = self._clock()
             start = max(now, self._tat)
+            if len(self._done) == self._done.maxlen:
+                start = max(start, self._done[0] + self._window)
             self._tat = start + self._interval
         return start - now
 
     def acquire(self, sleep: Callable[[float], None] = time.sleep) -> float:
-        """Wait until this caller may send; return the seconds waited."""
+        """Wait until this caller may send; return the seconds waited. Call :meth:`release` afterwards."""
         delay = self.reserve()
         if delay > 0:
             sleep(delay)
@@ -114,8 +138,18 @@ class RateLimiter:
                 self._tat = max(self._tat, late_start + self._interval)
         return delay
 
+    def release(self) -> None:
+        """Record that the response to an acquired request arrived (or that the request failed)."""
+        with self._lock:
+            self._done.append(self._clock())
+
     def __repr__(self) -> str:
         return f"RateLimiter(name={self.name!r}, rate={self._rate!r}, interval={self._interval:.4f})"
+
+
+def _per_window(rate: float) -> int:
+    # The small epsilon keeps rates computed as 3 * 1.0 or 0.1 * 30 from flooring one short.
+    return max(1, math.floor(rate + 1e-9))
 
 
 def _check_rate(rate: float) -> float:

@@ -122,6 +122,72 @@ def test_late_wake_up_pushes_the_next_reservation_back() -> None:
     assert fake.now - sent_late == pytest.approx(limiter.interval)
 
 
+@pytest.mark.parametrize(
+    ("rate", "per_window"), [(0.5, 1), (1, 1), (2.9, 2), (3, 3), (0.1 * 30, 3), (10, 10)]
+)
+def test_per_window(rate: float, per_window: int) -> None:
+    assert RateLimiter(rate).per_window == per_window
+
+
+def test_window_guard_is_idle_while_responses_are_fast() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(1, clock=fake.clock)
+    limiter.acquire(fake.sleep)
+    fake.now += 0.02  # a 20 ms response: well inside the GCRA's 50 ms slack
+    limiter.release()
+    assert limiter.acquire(fake.sleep) == pytest.approx(1.03)
+
+
+def test_window_guard_waits_a_window_after_a_slow_response() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(1, clock=fake.clock)
+    limiter.acquire(fake.sleep)
+    fake.now += 0.3  # the response took 300 ms: the server may have stamped the request that late
+    limiter.release()
+    start = fake.now
+    limiter.acquire(fake.sleep)
+    assert fake.now - start == pytest.approx(1.0)
+
+
+def test_window_guard_counts_back_per_window_requests() -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(3, clock=fake.clock)
+    sends = []
+    for _ in range(4):
+        limiter.acquire(fake.sleep)
+        sends.append(fake.now)
+        fake.now += 0.4  # sequential requests, 400 ms each
+        limiter.release()
+    # The 4th may not go before the 1st's response (at +0.4) plus one window.
+    assert sends[3] - sends[0] == pytest.approx(1.4)
+    assert sends[1] - sends[0] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("rate", [1, 2, 3])
+def test_no_window_overflows_whatever_the_latency(rate: int) -> None:
+    # The server stamps each request at some moment between our send and its response. With latencies
+    # far beyond the safety margin (stalls up to 1.5 s), no 1-second window may hold more than `rate`.
+    rng = random.Random(rate)
+    fake = FakeTime()
+    limiter = RateLimiter(rate, clock=fake.clock)
+    arrivals = []
+    for _ in range(300):
+        limiter.acquire(fake.sleep)
+        latency = rng.choice([0.005, 0.02, 0.08, 0.3, 1.5])
+        arrivals.append(fake.now + rng.uniform(0, latency))
+        fake.now += latency
+        limiter.release()
+    assert arrivals == sorted(arrivals)
+    for first, later in zip(arrivals, arrivals[rate:], strict=False):
+        assert later - first > 1.0
+
+
+def test_set_rate_resizes_the_window_guard() -> None:
+    limiter = RateLimiter(1)
+    limiter.set_rate(3)
+    assert limiter.per_window == 3
+
+
 def test_reserve_queues_concurrent_callers_in_order() -> None:
     fake = FakeTime()
     limiter = RateLimiter(4, clock=fake.clock)

@@ -566,14 +566,15 @@ class ClioHook(BaseHook):
             elapsed = self._clock() - started
             sent = self.stats.requests - requests_before
             self.log.info(
-                "Clio %s: page %d, %d records (%d so far), %d requests in %.1f s (%.2f req/s)%s",
+                "Clio %s: page %d, %d records (%d so far), %d requests in %.1f s (%s)%s",
                 label,
                 number,
                 len(records),
                 records_so_far,
                 sent,
                 elapsed,
-                sent / elapsed if elapsed > 0 else 0.0,
+                # A rate over less than a second is noise (the first page always looks "fast").
+                f"{sent / elapsed:.2f} req/s" if elapsed >= 1.0 else "rate after 1 s",
                 "" if next_url else ", last page",
             )
             yield Page(records=records, next_url=next_url, number=number, url=page_url)
@@ -635,17 +636,45 @@ class ClioHook(BaseHook):
             if not same_origin(url, self.base_url):
                 raise ClioFatalError("refusing to send the access token to a host other than the API base")
             request_headers["Authorization"] = f"Bearer {token}"
-        if api:
-            waited = self.limiter.acquire(self._sleep)
-            self.stats.limiter_wait_seconds += waited
-            stats.timing("clio.limiter_wait", timedelta(seconds=waited), tags={"region": self.region})
+        if not api:
+            return self._transmit(method, url, label=label, params=params, data=data, headers=request_headers)
+        waited = self.limiter.acquire(self._sleep)
+        self.stats.limiter_wait_seconds += waited
+        stats.timing("clio.limiter_wait", timedelta(seconds=waited), tags={"region": self.region})
+        tags = {"region": self.region, "endpoint": label}
+        status = "error"
         try:
-            response = self.session.request(
+            response = self._transmit(
+                method, url, label=label, params=params, data=data, headers=request_headers
+            )
+            status = str(response.status_code)
+        finally:
+            # The server stamped the request before this moment: the limiter's window guard needs it.
+            self.limiter.release()
+            self.stats.requests += 1
+            stats.incr("clio.requests", tags={**tags, "status": status})
+        if response.status_code == 429:
+            self.stats.rate_limited += 1
+            stats.incr("clio.rate_limited", tags=tags)
+        return response
+
+    def _transmit(
+        self,
+        method: str,
+        url: str,
+        *,
+        label: str,
+        params: Mapping[str, Any] | None,
+        data: Mapping[str, str] | None,
+        headers: dict[str, str],
+    ) -> requests.Response:
+        try:
+            return self.session.request(
                 method,
                 url,
                 params=params,
                 data=data,
-                headers=request_headers,
+                headers=headers,
                 timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout),
                 allow_redirects=False,
             )
@@ -663,14 +692,6 @@ class ClioHook(BaseHook):
                 truncate(scrub(f"cannot send the request: {type(exc).__name__}: {exc}", self._secrets())),
                 endpoint=label,
             ) from exc
-        if api:
-            self.stats.requests += 1
-            tags = {"region": self.region, "endpoint": label}
-            stats.incr("clio.requests", tags={**tags, "status": str(response.status_code)})
-            if response.status_code == 429:
-                self.stats.rate_limited += 1
-                stats.incr("clio.rate_limited", tags=tags)
-        return response
 
     def _attempt(
         self,
