@@ -8,6 +8,8 @@ import itertools
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -497,3 +499,18 @@ def test_openlineage_facets(
     op.execute({})
     complete = op.get_openlineage_facets_on_complete(None)
     assert complete.outputs[0].outputFacets["outputStatistics"].rowCount == 260
+
+
+def test_openlineage_is_imported_only_when_lineage_is_asked_for(tmp_path: Path) -> None:
+    # Users without the OpenLineage provider must be able to import and run every Clio task.
+    code = (
+        "import sys\n"
+        "import airflow_provider_clio.operators.extract, airflow_provider_clio.transfers.clio_to_sql\n"
+        "import airflow_provider_clio.sensors.clio, airflow_provider_clio.triggers.clio\n"
+        "prefixes = ('openlineage', 'airflow.providers.openlineage.')\n"
+        "loaded = [m for m in sys.modules if m.startswith(prefixes)]\n"
+        "print([m for m in loaded if not m.endswith('get_provider_info')])\n"
+    )
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

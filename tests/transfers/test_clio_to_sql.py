@@ -301,3 +301,28 @@ def test_type_inference_is_conservative() -> None:
     assert infer_sql_type([{"id": 1}]) == "TEXT"
     assert infer_sql_type([None, None]) == "TEXT"
     assert infer_sql_type(["2026-01-01T00:00:00+00:00"]) == "TEXT"
+
+
+def test_openlineage_facets_name_the_table(
+    emu: ClioEmulator,
+    sqlite_conn: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    conn_id, path = sqlite_conn
+    clio = support.clio_connection(monkeypatch, emu)
+    op = ClioToSqlOperator(
+        task_id="ol",
+        clio_conn_id=clio,
+        endpoint="grow/matters",
+        fields=["id"],
+        sql_conn_id=conn_id,
+        table="ol_matters",
+        token_store=MemoryTokenStore(),
+    )
+    start = op.get_openlineage_facets_on_start()
+    assert [(d.namespace, d.name) for d in start.inputs] == [("clio://us", "grow/matters")]
+    assert [(d.namespace, d.name) for d in start.outputs] == [(f"sqlite://{path}", "ol_matters")]
+    op.execute({})
+    complete = op.get_openlineage_facets_on_complete(None)
+    assert complete.outputs[0].outputFacets["outputStatistics"].rowCount == 260
