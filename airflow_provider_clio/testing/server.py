@@ -137,7 +137,11 @@ class _Handler(BaseHTTPRequestHandler):
         t, wall = self._arrival
         split = urlsplit(self.path)
         pairs = parse_qsl(split.query, keep_blank_values=True)
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.send_error(400, "invalid Content-Length")
+            return
         body = self.rfile.read(length) if length > 0 else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         host = headers.get("host") or "{}:{}".format(*self.server.server_address[:2])
