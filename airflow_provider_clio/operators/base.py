@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -21,13 +21,19 @@ import pendulum
 from airflow.sdk import Asset, BaseHook, BaseOperator
 
 from airflow_provider_clio.checkpoint import Checkpoint, Checkpointer, new_token
-from airflow_provider_clio.exceptions import ClioConfigError
+from airflow_provider_clio.exceptions import (
+    ClioBadRequestError,
+    ClioConfigError,
+    ClioNotFoundError,
+    ClioPaginationError,
+)
 from airflow_provider_clio.fields import normalize_fields, top_level_names
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_clio.hooks.clio import ClioHook
+    from airflow_provider_clio.pagination import Page
     from airflow_provider_clio.rate_limit import RetrySettings
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,9 @@ DEFAULT_TASK_RETRY_ARGS: dict[str, Any] = {
     "max_retry_delay": timedelta(minutes=10),
 }
 """Task-level retries once the hook's in-request retries are spent; user arguments and default_args win."""
+
+STALE_CURSOR_ERRORS = (ClioBadRequestError, ClioNotFoundError, ClioPaginationError)
+"""Errors of a resumed first request that mean the saved cursor is unusable, not that the API is down."""
 
 RESERVED_QUERY_PARAMS = frozenset({"fields", "page_token", "updated_since"})
 
@@ -322,10 +331,9 @@ def run_extraction(
     starts at the checkpoint's ``next_url``; pages already committed are not requested again.
     """
     started = time.monotonic()
-    state = checkpointer.resume()
-    resumed = state is not None
-    if state is None:
-        state = Checkpoint(token=new_token(), next_url=None)
+    saved = checkpointer.resume()
+    resumed = saved is not None
+    state = saved if saved is not None else Checkpoint(token=new_token(), next_url=None)
     resumed_parts = len(state.parts)
     carried_rate_limited = state.rate_limited
     pages_read = 0
@@ -354,10 +362,23 @@ def run_extraction(
         log.info("Every page was committed by an earlier try; finishing the extraction")
     else:
         start_url = state.next_url if resumed else None
+        pages: Iterator[Page]
         if start_url is None:
             pages = hook.iter_pages(plan.endpoint, fields=plan.request_fields, params=plan.params)
         else:
-            pages = hook.iter_pages(plan.endpoint, start_url=start_url)
+            resumed_pages = hook.iter_pages(plan.endpoint, start_url=start_url)
+            try:
+                first = next(resumed_pages, None)
+            except STALE_CURSOR_ERRORS as err:
+                # The saved cursor is no longer accepted (expired page token, changed API host): the output
+                # is idempotent, so start over rather than fail every future try on the same cursor.
+                log.warning("Cannot resume from the saved cursor (%s); starting the extraction over", err)
+                checkpointer.clear()
+                state = Checkpoint(token=new_token(), next_url=None)
+                resumed, resumed_parts, carried_rate_limited, start_url = False, 0, 0, None
+                pages = hook.iter_pages(plan.endpoint, fields=plan.request_fields, params=plan.params)
+            else:
+                pages = _prepend(first, resumed_pages)
         last_next: str | None = start_url
         for page in pages:
             pages_read += 1
@@ -380,6 +401,13 @@ def run_extraction(
         pages_read=pages_read,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+def _prepend(first: Page | None, rest: Iterator[Page]) -> Iterator[Page]:
+    """Yield the already fetched first page, then the rest."""
+    if first is not None:
+        yield first
+        yield from rest
 
 
 class ClioBaseOperator(BaseOperator):

@@ -111,11 +111,11 @@ class ClioExtractOperator(ClioBaseOperator):
         started = datetime.now(timezone.utc)
         plan = self.build_plan(context)
         destination = self._destination()
-        key = plan.key(target=str(destination), file_format=self.file_format)
+        hook = self.get_hook()
+        key = plan.key(api=hook.base_url, target=str(destination), file_format=self.file_format)
         checkpointer = Checkpointer(
             store_for_context(context, lambda: FileCheckpointStore(destination / CHECKPOINT_FILE)), key
         )
-        hook = self.get_hook()
         self.log.info(
             "Extracting %s (fields=%s, interval=%s) into %s",
             plan.endpoint,

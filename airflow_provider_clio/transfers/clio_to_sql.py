@@ -302,9 +302,9 @@ class ClioToSqlOperator(ClioBaseOperator):
         split_table(self.table)
         plan = self.build_plan(context, required=("id",))
         db_hook = self.get_db_hook()
-        key = plan.key(target=f"{self.sql_conn_id}/{self.table}")
-        checkpointer = Checkpointer(store_for_context(context, lambda: _fallback_store(context)), key)
         hook = self.get_hook()
+        key = plan.key(api=hook.base_url, target=f"{self.sql_conn_id}/{self.table}")
+        checkpointer = Checkpointer(store_for_context(context, lambda: _fallback_store(context)), key)
         self.log.info(
             "Loading %s (fields=%s, interval=%s) into %s via %s",
             plan.endpoint,

@@ -514,3 +514,42 @@ def test_openlineage_is_imported_only_when_lineage_is_asked_for(tmp_path: Path) 
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_unusable_saved_cursor_restarts_the_extraction(
+    emu: ClioEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
+    store = MemoryTokenStore()
+
+    def operator() -> ClioExtractOperator:
+        return ClioExtractOperator(
+            task_id="stale",
+            clio_conn_id=conn_id,
+            endpoint="grow/contacts",
+            fields=["id"],
+            destination=f"file://{tmp_path}/out",
+            records_per_file=100,
+            token_store=store,
+            request_retry=FAST_FAIL,
+        )
+
+    with support.OutageAfterPages(emu, pages=5, requests=2), pytest.raises(ClioTransientError):
+        operator().execute({})
+    path = tmp_path / "out" / "_checkpoint.json"
+    saved = json.loads(path.read_text())
+    # An expired page token answers 400: resuming it would fail every later try the same way.
+    saved["next_url"] = saved["next_url"].split("page_token=")[0] + "page_token=expired"
+    path.write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING):
+        summary = operator().execute({})
+    assert "Cannot resume from the saved cursor" in caplog.text
+    assert summary["resumed"] is False
+    assert summary["run"] != saved["token"]
+    assert _manifest_records(tmp_path / "out") == [{"id": r["id"]} for r in emu.records("contacts")]
+    assert _run_folders(tmp_path / "out") == [f"run={summary['run']}"]
+    assert not path.exists()
