@@ -82,8 +82,11 @@ def connection_region_and_pool(clio_conn_id: str, region: str | None = None) -> 
     time, a missing connection) falls back to the ``us`` region; the task warns at run time if the hook then
     resolves another pool.
     """
+    from airflow_provider_clio.hooks.clio import REGIONS
     from airflow_provider_clio.rate_limit import pool_name_for
 
+    if region is not None and str(region).strip().lower() not in REGIONS:
+        raise ClioConfigError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
     extra: Mapping[str, Any] = {}
     try:
         extra = BaseHook.get_connection(clio_conn_id).extra_dejson

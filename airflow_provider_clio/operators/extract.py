@@ -94,7 +94,7 @@ class ClioExtractOperator(ClioBaseOperator):
             raise ClioConfigError(f"records_per_file must be at least 1, got {records_per_file}")
         static = str(destination or "").strip().rstrip("/")
         if "outlets" not in kwargs and static and "{{" not in static:
-            kwargs["outlets"] = [Asset(static)]
+            kwargs["outlets"] = [Asset(static if "://" in static else f"file://{static}")]
         super().__init__(**kwargs)
         self.destination = destination
         self.file_format = file_format

@@ -399,6 +399,14 @@ def test_defaults_pool_retries_and_policy(
     assert from_default_args.retry_delay == datetime.timedelta(seconds=1)
     assert from_default_args.pool == "clio_eu"
 
+    assert ClioExtractOperator(
+        task_id="plain", clio_conn_id=eu_conn, endpoint="grow/contacts", destination="/data/clio/"
+    ).outlets == [Asset("file:///data/clio")]
+    with pytest.raises(ClioConfigError, match="region must be one of"):
+        ClioExtractOperator(
+            task_id="r", clio_conn_id=eu_conn, region="uk", endpoint="grow/contacts", destination="/x"
+        )
+
     # A connection that cannot be read at parse time falls back to the us pool; the pool extra wins.
     missing = ClioExtractOperator(
         task_id="w", clio_conn_id="no_such_conn", endpoint="grow/contacts", destination="file:///tmp/w"
