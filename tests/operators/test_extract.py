@@ -561,3 +561,32 @@ def test_an_unusable_saved_cursor_restarts_the_extraction(
     assert _manifest_records(tmp_path / "out") == [{"id": r["id"]} for r in emu.records("contacts")]
     assert _run_folders(tmp_path / "out") == [f"run={summary['run']}"]
     assert not path.exists()
+
+
+def test_random_429_and_503_are_absorbed_and_counted(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    from airflow_provider_clio.testing import Faults
+
+    emu = clio_emulator_factory(
+        rate_limit=1000,
+        records={"contacts": 1000},
+        page_size=50,
+        faults=Faults(seed=3, error_rate=0.3, error_statuses=(429, 503)),
+    )
+    conn_id = support.clio_connection(monkeypatch, emu)
+    summary = ClioExtractOperator(
+        task_id="faulty",
+        clio_conn_id=conn_id,
+        endpoint="grow/contacts",
+        fields=["id", "name"],
+        destination=f"file://{tmp_path}/faulty",
+        token_store=MemoryTokenStore(),
+        request_retry=RetrySettings(max_attempts=20, initial=0.001, maximum=0.005, max_total_wait=5.0),
+    ).execute({})
+    assert _manifest_records(tmp_path / "faulty") == support.project(emu.records("contacts"), ["id", "name"])
+    assert summary["rate_limited"] == emu.count(status=429) > 0
+    assert emu.count(status=503) > 0

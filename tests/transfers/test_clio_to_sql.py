@@ -326,3 +326,28 @@ def test_openlineage_facets_name_the_table(
     op.execute({})
     complete = op.get_openlineage_facets_on_complete(None)
     assert complete.outputs[0].outputFacets["outputStatistics"].rowCount == 260
+
+
+def test_an_empty_interval_still_creates_the_table(
+    emu: ClioEmulator,
+    sqlite_conn: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    conn_id, path = sqlite_conn
+    clio = support.clio_connection(monkeypatch, emu)
+    summary = ClioToSqlOperator(
+        task_id="empty",
+        clio_conn_id=clio,
+        endpoint="grow/matters",
+        fields=["id", "display_number"],
+        updated_since="2027-01-01T00:00:00+00:00",
+        sql_conn_id=conn_id,
+        table="empty_matters",
+        token_store=MemoryTokenStore(),
+    ).execute({})
+    assert (summary["records"], summary["batches"], summary["pages"]) == (0, 0, 1)
+    with closing(sqlite3.connect(path)) as conn:
+        ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'empty_matters'").fetchone()[0]
+    assert ddl == 'CREATE TABLE "empty_matters" ("id" BIGINT PRIMARY KEY, "display_number" TEXT)'
+    assert _sqlite_rows(path, "empty_matters") == []
