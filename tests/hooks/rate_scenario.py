@@ -173,11 +173,14 @@ def _figures(
     for member in members:
         if member.error or member.first is None or member.last is None:
             raise RuntimeError(f"worker {member.name} reported no pages: {member.error}")
-    # The common active window: every process of the region was sending all along it. Each bound sits just
-    # after a page completed, so counting arrivals in (start, end] counts one arrival per emission interval
-    # per process, with no fencepost error.
-    start = max(m.first for m in members if m.first is not None)
-    end = min(m.last for m in members if m.last is not None)
+    # The common active window: every process of the region was sending all along it. Its bounds are page
+    # completions, which trail their requests' arrivals by a few milliseconds of latency; when processes
+    # run in step, the last arrivals of one process can land just after another's last completion and
+    # drop out of the count. Shifting the window by half an emission interval puts both bounds between
+    # arrivals, so it counts one arrival per interval per process with no fencepost error.
+    shift = 0.5 / max(w.pool_slots or 1 for w in workers if w.region == region)
+    start = max(m.first for m in members if m.first is not None) + shift
+    end = min(m.last for m in members if m.last is not None) + shift
     admitted = [
         r.t
         for r in emu.requests
@@ -212,6 +215,13 @@ def format_result(result: ScenarioResult, title: str) -> str:
             f"{fig.region:<7}{fig.processes:>6}{fig.configured_rate:>8.2f}{fig.window_seconds:>10.2f}"
             f"{fig.admitted_in_window:>10}{rate:>8.3f}{fig.utilisation:>13.3f}{fig.max_in_any_1s_window:>8}"
             f"{fig.rate_limited:>6}"
+        )
+    for worker in result.workers:
+        span = (worker.last or 0.0) - (worker.first or 0.0)
+        rate = (worker.pages - 1) / span if span > 0 else 0.0
+        lines.append(
+            f"  {worker.name:<6} {worker.region}: {worker.requests} requests, {rate:.3f} req/s between its "
+            f"first and last page, {worker.rate_limited} x 429, {worker.retries} retries"
         )
     return "\n".join(lines)
 
