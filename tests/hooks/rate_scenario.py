@@ -87,6 +87,7 @@ class ScenarioResult:
     regions: dict[str, RegionFigures]
     workers: list[WorkerResult]
     output: str = field(repr=False, default="")
+    secrets: list[str] = field(repr=False, default_factory=list)
 
 
 def run_scenario(
@@ -98,6 +99,7 @@ def run_scenario(
     go_file.unlink(missing_ok=True)
     env = dict(os.environ)
     conn_ids: dict[str, str] = {}
+    secrets: list[str] = []
     for worker in workers:
         if worker.client_id in conn_ids:
             continue
@@ -106,6 +108,7 @@ def run_scenario(
         token, expires_at = emu.issue_access_token(worker.client_id)
         conn = emu.connection(client_id=worker.client_id, access_token=token, expires_at=expires_at)
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+        secrets += [conn["password"], conn["extra"]["refresh_token"], token]
         conn_ids[worker.client_id] = conn_id
     specs = []
     for worker in workers:
@@ -164,6 +167,7 @@ def run_scenario(
         regions=regions,
         workers=results,
         output=output,
+        secrets=secrets,
     )
 
 
@@ -230,6 +234,7 @@ def to_json(result: ScenarioResult) -> dict[str, Any]:
     """Return the figures as JSON-ready data (without the workers' raw output)."""
     data = asdict(result)
     data.pop("output", None)
+    data.pop("secrets", None)
     return data
 
 
