@@ -498,20 +498,17 @@ class ClioHook(BaseHook):
             or str(record_id).strip() == ""
         ):
             raise ClioConfigError(f"record_id must be an int or a non-empty string, got {record_id!r}")
-        path = f"{endpoint.strip().strip('/')}/{quote(str(record_id).strip(), safe='')}"
+        url = f"{self._url(endpoint).rstrip('/')}/{quote(str(record_id).strip(), safe='')}"
+        label = f"{_label(endpoint)}/{{id}}"  # one metric series per endpoint, not per record
         headers = {"If-None-Match": etag} if etag else None
-        answer = self._call(
-            "GET", self._url(path), label=_label(path), params=query, headers=headers, allow_not_modified=True
-        )
+        answer = self._call("GET", url, label=label, params=query, headers=headers, allow_not_modified=True)
         response = answer.response
         last_modified = response.headers.get("Last-Modified")
         if response.status_code == 304:
             return RecordResult(None, response.headers.get("ETag") or etag, True, last_modified)
         data = answer.body.get("data") if isinstance(answer.body, dict) else None
         if not isinstance(data, dict):
-            raise ClioFatalError(
-                "expected a single-record response with a 'data' object", endpoint=_label(path)
-            )
+            raise ClioFatalError("expected a single-record response with a 'data' object", endpoint=label)
         return RecordResult(data, response.headers.get("ETag"), False, last_modified)
 
     def iter_pages(
@@ -836,10 +833,8 @@ class ClioHook(BaseHook):
         config = self.__dict__.get("config")
         if config is not None:
             secrets += [config.client_secret, config.refresh_token, config.access_token]
-        manager = self.__dict__.get("token_manager")
-        current = getattr(manager, "_tokens", None) if manager is not None else None
-        if current is not None:
-            secrets += [current.access_token, current.refresh_token]
+        # Rotated refresh tokens never reach this hook's error paths: TokenManager handles the token
+        # endpoint's answers and scrubs them itself.
         return secrets
 
     def _url(self, endpoint: str) -> str:
@@ -848,7 +843,7 @@ class ClioHook(BaseHook):
                 f"endpoint must be a relative path such as 'grow/contacts', got {endpoint!r}"
             )
         path = endpoint.strip().lstrip("/")
-        if "://" in path or path.startswith("/"):
+        if "://" in path:
             raise ClioConfigError(
                 f"endpoint must be relative to the API base URL (e.g. 'grow/contacts'), got {endpoint!r}"
             )

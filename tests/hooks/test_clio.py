@@ -450,8 +450,9 @@ def test_unknown_record_is_not_found(
 ) -> None:
     emu = clio_emulator_factory(records={"contacts": 5}, rate_limit=None)
     hook = emulator_hook(monkeypatch, emu, fake_time)
-    with pytest.raises(ClioNotFoundError):
+    with pytest.raises(ClioNotFoundError) as info:
         hook.get_record("grow/contacts", 999)
+    assert info.value.endpoint == "grow/contacts/{id}"  # one metric series per endpoint, not per record
     assert len(api_requests(emu)) == 1
 
 
