@@ -138,7 +138,10 @@ class TokenSet:
     @classmethod
     def from_json(cls, s: str) -> TokenSet:
         """Parse what :meth:`to_json` wrote; raises ``ValueError`` on anything else."""
-        data = json.loads(s)
+        try:
+            data = json.loads(s)
+        except ValueError:
+            raise ValueError("not a Clio token set: invalid JSON") from None  # the text may hold a secret
         return cls.from_dict(data)
 
     @classmethod

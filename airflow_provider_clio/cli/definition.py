@@ -1,0 +1,128 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Declare the ``airflow clio`` command group; Airflow's CLI parser loads it through provider info ``cli``.
+
+Only argument definitions live here. The implementations in :mod:`airflow_provider_clio.cli.commands` are
+imported when a command runs, so ``airflow --help`` does not pay for the hook and its dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand, lazy_load_command
+
+if TYPE_CHECKING:
+    from airflow.cli.cli_config import CLICommand
+
+REGIONS = ("us", "ca", "eu", "au")
+DEFAULT_REDIRECT_URI = "http://localhost:8910/callback"
+"""The redirect URI the docs tell users to register with their Clio application."""
+
+
+def regions_argument(value: str) -> list[str]:
+    """Parse ``--region``: ``all`` or a comma list of ``us``, ``ca``, ``eu``, ``au``."""
+    names = [part.strip().lower() for part in value.split(",") if part.strip()]
+    if names == ["all"]:
+        return list(REGIONS)
+    unknown = [name for name in names if name not in REGIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or a comma list of {', '.join(REGIONS)}, got {value!r}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def slots_argument(value: str) -> int:
+    """Parse ``--slots``: a positive integer (a pool of 0 slots would stop every Clio task)."""
+    try:
+        slots = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if slots < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return slots
+
+
+ARG_CONN_ID = Arg(
+    ("--conn-id",), default="clio_default", help="The Clio connection id (default: clio_default)."
+)
+ARG_REDIRECT_URI = Arg(
+    ("--redirect-uri",),
+    default=DEFAULT_REDIRECT_URI,
+    help=(
+        "Redirect URI registered with the Clio application; must match exactly "
+        f"(default: {DEFAULT_REDIRECT_URI})."
+    ),
+)
+ARG_CODE = Arg(
+    ("--code",),
+    help=(
+        "The authorization code Clio redirected back with (or the whole redirect URL). "
+        "Prompted for on stdin when omitted."
+    ),
+)
+ARG_SCOPE = Arg(
+    ("--scope",),
+    help="Scopes to request, space- or comma-separated (default: the application's permissions).",
+)
+ARG_SLOTS = Arg(
+    ("--slots",),
+    type=slots_argument,
+    default=3,
+    help="Slots per pool = the application's rate limit in requests per second (default: 3).",
+)
+ARG_REGION = Arg(
+    ("--region",),
+    type=regions_argument,
+    default=list(REGIONS),
+    metavar="REGIONS",
+    help="'all' (default) or a comma list of us, ca, eu, au.",
+)
+ARG_INCLUDE_DEFERRED = Arg(
+    ("--include-deferred",),
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="Count deferred tasks against the pool so deferred sensors keep their slot (default: on).",
+)
+
+CLIO_COMMANDS = (
+    ActionCommand(
+        name="auth",
+        help="Authorize the Clio application once and store the OAuth tokens",
+        description=(
+            "Print the authorize URL of the connection's region, read the code Clio redirects back with, "
+            "exchange it for tokens and store them in the token store (Airflow Variable "
+            "clio_oauth_tokens__<conn_id>). Never prints a secret."
+        ),
+        func=lazy_load_command("airflow_provider_clio.cli.commands.auth"),
+        args=(ARG_CONN_ID, ARG_REDIRECT_URI, ARG_CODE, ARG_SCOPE),
+    ),
+    ActionCommand(
+        name="pools",
+        help="Create or update the per-region Clio pools",
+        description=(
+            "Create or update the pools clio_us, clio_ca, clio_eu and clio_au. One slot is worth one request "
+            "per second, so slots = the application's rate limit."
+        ),
+        func=lazy_load_command("airflow_provider_clio.cli.commands.pools"),
+        args=(ARG_SLOTS, ARG_REGION, ARG_INCLUDE_DEFERRED),
+    ),
+    ActionCommand(
+        name="check",
+        help="Test a Clio connection and show the pool and rate its tasks use",
+        func=lazy_load_command("airflow_provider_clio.cli.commands.check"),
+        args=(ARG_CONN_ID,),
+    ),
+)
+
+
+def get_clio_cli_commands() -> list[CLICommand]:
+    """Return the ``airflow clio`` command group (provider info ``cli`` entry)."""
+    return [
+        GroupCommand(
+            name="clio",
+            help="Clio provider: authorize the application, create the pools, check a connection",
+            subcommands=CLIO_COMMANDS,
+        )
+    ]
