@@ -49,7 +49,8 @@ class ClioRecordsSensor(BaseSensorOperator):
     :param updated_since: Only count records with ``updated_at`` at or after this instant (templated).
     :param clio_conn_id: The Clio connection.
     :param region: Clio region; default: the connection's ``region`` extra. Picks the default pool.
-    :param token_store: Where rotated OAuth tokens are kept (poke and reschedule modes); default: the hook's.
+    :param token_store: Where rotated OAuth tokens are kept (poke and reschedule modes only: the triggerer
+        always uses the default Variable store); default: the hook's.
     :param deferrable: Wait in the triggerer instead of a worker; default ``[operators] default_deferrable``.
     """
 
@@ -69,6 +70,10 @@ class ClioRecordsSensor(BaseSensorOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
+        if deferrable and token_store is not None:
+            # The triggerer rebuilds the hook from the connection id alone, with the default store: a custom
+            # store would see its refresh token rotated by the first check and the trigger use a revoked one.
+            raise ClioConfigError("token_store cannot be combined with deferrable=True (default store only)")
         resolved_region, pool = connection_region_and_pool(clio_conn_id, region)
         apply_task_defaults(kwargs, {"pool": pool})
         super().__init__(**kwargs)

@@ -92,6 +92,10 @@ def test_defaults_and_argument_checks(
     assert sensor.mode == "poke"
     assert set(sensor.template_fields) == {"endpoint", "query_params", "updated_since"}
     assert ClioRecordsSensor(task_id="p", clio_conn_id=conn_id, endpoint="x", pool="mine").pool == "mine"
+    with pytest.raises(ClioConfigError, match="token_store cannot be combined with deferrable"):
+        ClioRecordsSensor(
+            task_id="d", clio_conn_id=conn_id, endpoint="x", deferrable=True, token_store=MemoryTokenStore()
+        )
     bad = ClioRecordsSensor(
         task_id="b", clio_conn_id=conn_id, endpoint="grow/matters", query_params={"fields": "x"}
     )
@@ -110,7 +114,7 @@ def test_execute_complete_handles_both_events() -> None:
 
 
 def test_deferrable_execute_checks_once_then_defers(
-    emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+    airflow_db: Path, emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu)
     sensor = ClioRecordsSensor(
@@ -122,7 +126,6 @@ def test_deferrable_execute_checks_once_then_defers(
         poke_interval=30,
         timeout=600,
         pool_slots=2,
-        token_store=MemoryTokenStore(),
     )
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute({})
