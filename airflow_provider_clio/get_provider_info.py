@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Provider metadata read by Airflow's ProvidersManager through the ``apache_airflow_provider`` entry point."""
+"""Provider metadata for Airflow's ProvidersManager (``apache_airflow_provider`` entry point)."""
 
 from __future__ import annotations
 

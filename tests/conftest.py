@@ -27,7 +27,9 @@ POSTGRES_DSN_ENV = "CLIO_TEST_POSTGRES_DSN"
 def pytest_configure(config: pytest.Config) -> None:
     # CI always configures Postgres; a missing DSN there is a broken pipeline, not a reason to skip.
     if os.environ.get("CI", "").lower() == "true" and not os.environ.get(POSTGRES_DSN_ENV):
-        raise pytest.UsageError(f"CI=true but {POSTGRES_DSN_ENV} is not set: the Postgres tests must run in CI.")
+        raise pytest.UsageError(
+            f"CI=true but {POSTGRES_DSN_ENV} is not set: the Postgres tests must run in CI, not be skipped."
+        )
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ def _airflow_schema(name: str) -> dict:
 
 
 def test_entry_point_returns_the_provider_info():
-    (ep,) = [ep for ep in entry_points(group="apache_airflow_provider") if ep.dist.name == "airflow-provider-clio"]
+    eps = entry_points(group="apache_airflow_provider")
+    (ep,) = [ep for ep in eps if ep.dist is not None and ep.dist.name == "airflow-provider-clio"]
     info = ep.load()()
     assert info["package-name"] == "airflow-provider-clio"
     assert info["versions"][0] == __version__
@@ -29,7 +30,7 @@ def test_provider_info_validates_against_airflows_runtime_schema():
 
 
 def test_connection_type_validates_against_the_strict_provider_yaml_schema():
-    # The runtime schema does not check conn-fields; the provider.yaml schema (what the UI loader follows) does.
+    # The runtime schema does not check conn-fields; the provider.yaml schema (the UI loader's) does.
     item_schema = _airflow_schema("provider.yaml.schema.json")["properties"]["connection-types"]["items"]
     (conn_type,) = get_provider_info()["connection-types"]
     jsonschema.validate(conn_type, item_schema)

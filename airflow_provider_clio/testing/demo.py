@@ -24,7 +24,7 @@ from typing import IO, Any
 
 DAG_ID = "clio_incremental_warehouse"
 TABLES = ("clio_contacts", "clio_matters", "clio_activities")
-DEFAULT_RECORDS = "contacts=12000,matters=8000,activities=12000"
+DEFAULT_RECORDS = "contacts=10000,matters=6000,activities=8000"
 APP = "clio-emulator-us"
 
 
@@ -163,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"  achieved rate       {rate['achieved_rate']:>8.2f} req/s of {rate['limit']:.0f} "
         f"({rate['achieved_rate'] / rate['limit']:.0%}); busiest 1 s window: {rate['max_requests_in_1s']}"
+    )
+    print(
+        "  (`airflow dags test` runs one task at a time, and each task holds one of the pool's 3 slots, so\n"
+        "   it paces at 1 req/s; under a scheduler the three tasks run side by side at ~2.86 req/s.)"
     )
     print(f"  DAG run             {dag_seconds:>8.1f} s;  demo total {time.monotonic() - started:.1f} s")
     ok = rate["rate_limited_429"] == 0 and all(
