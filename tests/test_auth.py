@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -811,5 +812,193 @@ def test_variable_store_inside_a_running_task_goes_through_the_supervisor(airflo
     # Outside the task again: the plain-process path reads the rotated pair from the metadata DB.
     assert not auth._in_task_runner()
     stored = VariableTokenStore().load(conn_id)
+    assert stored.refresh_token != initial.refresh_token
+    assert clio.api_status(stored.access_token) == 200
+
+
+_PROBE_DAG = """
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import requests
+from airflow.sdk import DAG, task
+
+with DAG("clio_token_probe", schedule=None, start_date=datetime.datetime(2026, 1, 1)) as dag:
+
+    @task
+    def probe():
+        from airflow_provider_clio import auth
+        from airflow_provider_clio.auth import TokenManager, TokenSet, VariableTokenStore
+
+        try:  # what a real worker forbids, and why the store must not use the metadata DB here
+            from airflow.models import Pool
+
+            Pool.get_pool("default_pool")
+            orm_blocked = False
+        except RuntimeError as exc:
+            orm_blocked = "not allowed" in str(exc)
+        url = os.environ["CLIO_PROBE_URL"]
+        tm = TokenManager(
+            conn_id=os.environ["CLIO_PROBE_CONN_ID"],
+            client_id=os.environ["CLIO_PROBE_CLIENT_ID"],
+            client_secret=os.environ["CLIO_PROBE_CLIENT_SECRET"],
+            token_url=url + "/oauth/token",
+            initial=TokenSet(None, "", None),
+            store=VariableTokenStore(),
+            post=lambda u, form: requests.post(u, data=form, timeout=30),
+        )
+
+        def api(token):
+            headers = {"Authorization": "Bearer " + token}
+            return requests.get(url + "/grow/users", headers=headers, timeout=30).status_code
+
+        token = tm.access_token()
+        statuses = [api(token)]
+        token = tm.refresh_after_401(token)
+        statuses.append(api(token))
+        stored = VariableTokenStore().load(os.environ["CLIO_PROBE_CONN_ID"])
+        result = {
+            "in_task_runner": auth._in_task_runner(),
+            "orm_blocked": orm_blocked,
+            "pid": os.getpid(),
+            "statuses": statuses,
+            "refreshes": tm.refreshes,
+            "stored_is_new": stored is not None and stored.access_token == token,
+        }
+        with open(os.environ["CLIO_PROBE_OUT"], "w") as f:
+            json.dump(result, f)
+
+    probe()
+"""
+
+_RUN_WITH_EXECUTOR = """
+import sys
+from airflow.dag_processing.bundles.manager import DagBundlesManager
+DagBundlesManager().sync_bundles_to_db()
+sys.path.insert(0, sys.argv[1])
+from clio_token_probe import dag
+print("STATE", dag.test(use_executor=True).state)
+"""
+
+_STORE_IO = """
+import json, sys
+from airflow_provider_clio.auth import TokenSet, VariableTokenStore
+conn_id, tokens = sys.stdin.readline().strip(), sys.stdin.readline().strip()
+if tokens:
+    VariableTokenStore().save(conn_id, TokenSet.from_json(tokens))
+loaded = VariableTokenStore().load(conn_id)
+print(loaded.to_json() if loaded else "null")
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.scheduler
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_variable_store_in_a_task_the_local_executor_runs_under_a_real_supervisor(tmp_path, clio):
+    # dag.test() runs the task in-process; a deployed worker forks it under a supervisor, blocks the ORM and
+    # serves Variables through the execution API. Run that for real: api-server + LocalExecutor.
+    import signal
+    import socket
+    import urllib.request
+
+    home = tmp_path / "home"
+    dags = home / "dags"
+    dags.mkdir(parents=True)
+    (dags / "clio_token_probe.py").write_text(_PROBE_DAG)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conn_id = "clio_real_worker"
+    out = tmp_path / "probe.json"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "CLIO_PROBE_URL": clio.emu.url,
+        "CLIO_PROBE_CONN_ID": conn_id,
+        "CLIO_PROBE_CLIENT_ID": clio.client_id,
+        "CLIO_PROBE_CLIENT_SECRET": clio.client_secret,
+        "CLIO_PROBE_OUT": str(out),
+    }
+    airflow = str(Path(sys.executable).with_name("airflow"))
+
+    def run(args: list[str], stdin: str = "") -> str:
+        # Output goes to a file, not a pipe: executor workers outlive the command and would hold a pipe open.
+        log = tmp_path / "command.log"
+        with log.open("w") as output:
+            proc = subprocess.Popen(
+                args,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                proc.communicate(stdin, timeout=300)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # whatever the command left behind in its session
+        text = log.read_text()
+        assert proc.returncode == 0, text[-3000:]
+        return text
+
+    run([airflow, "db", "migrate"])
+    initial = clio.fresh()
+    run([sys.executable, "-c", _STORE_IO], f"{conn_id}\n{initial.to_json()}\n")  # like `airflow clio auth`
+    clio.emu.expire_access_tokens()
+
+    with (tmp_path / "api-server.log").open("w") as api_log:
+        api = subprocess.Popen(
+            [airflow, "api-server", "--port", str(port), "--apps", "execution"],
+            env=env,
+            stdout=api_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert api.poll() is None, (tmp_path / "api-server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "api-server did not become healthy"
+            time.sleep(1)
+        assert "STATE success" in run([sys.executable, "-c", _RUN_WITH_EXECUTOR, str(dags)])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(api.pid, signal.SIGTERM)
+        try:
+            api.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(api.pid, signal.SIGKILL)
+            api.wait(timeout=30)
+
+    result = json.loads(out.read_text())
+    assert result["pid"] != os.getpid()
+    assert result == {
+        "in_task_runner": True,
+        "orm_blocked": True,
+        "pid": result["pid"],
+        "statuses": [401, 200],
+        "refreshes": 1,
+        "stored_is_new": True,
+    }
+    stored = TokenSet.from_json(run([sys.executable, "-c", _STORE_IO], f"{conn_id}\n\n").strip())
     assert stored.refresh_token != initial.refresh_token
     assert clio.api_status(stored.access_token) == 200
