@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 # Airflow reads its configuration at import time, so the isolated home must exist before any test module
 # imports airflow. Never touch the developer's ~/airflow.
@@ -48,3 +51,18 @@ def postgres_dsn() -> str:
     if not dsn:
         pytest.skip(f"set {POSTGRES_DSN_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run")
     return dsn
+
+
+@pytest.fixture(scope="session")
+def support() -> ModuleType:
+    """The shared DAG-run helpers of tests/dagrun_support.py: connections, dag.test() runs, projections."""
+    # Test folders are not packages under --import-mode=importlib, so the helpers are loaded once, by path.
+    name = "clio_dagrun_support"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("dagrun_support.py"))
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import logging
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,19 +33,6 @@ KEY = {
     "interval": {"since": "2026-03-01T00:00:00+00:00", "until": "2026-03-02T00:00:00+00:00"},
     "target": "file:///data/contacts",
 }
-
-
-def _support() -> ModuleType:
-    name = "clio_operator_test_support"
-    if name not in sys.modules:
-        path = Path(__file__).parent / "operators" / "support.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _checkpoint(**overrides: Any) -> Checkpoint:
@@ -208,8 +193,7 @@ class _CheckpointProbe(BaseOperator):
         return resumed.records
 
 
-def test_task_state_store_survives_a_real_retry(airflow_db: Path) -> None:
-    support = _support()
+def test_task_state_store_survives_a_real_retry(airflow_db: Path, support: ModuleType) -> None:
     SEEN.clear()
     with DAG(
         support.unique_dag_id("checkpoint_probe"),
