@@ -261,7 +261,7 @@ class FileTokenStore:
     inter-process :meth:`refresh_lock` that :class:`TokenManager` holds around a refresh. The file is created
     with mode 0600.
 
-    :param path: The JSON file; its directory must exist. Lock files are created beside it.
+    :param path: The JSON file (its directory is created when missing). Lock files are created beside it.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -297,6 +297,7 @@ class FileTokenStore:
     def _flock(lock_path: Path) -> Iterator[None]:
         import fcntl
 
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         # A separate lock file: the data file itself is replaced on every write, so a lock on it would be
         # a lock on an inode nobody else opens any more.
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -365,6 +366,17 @@ class MemoryTokenStore:
 
 _LOCAL_LOCKS: dict[str, threading.RLock] = {}
 _LOCAL_LOCKS_GUARD = threading.Lock()
+
+
+def _reset_local_locks() -> None:
+    # A lock another thread held at fork time stays locked forever in the child: start the child afresh.
+    global _LOCAL_LOCKS_GUARD
+    _LOCAL_LOCKS.clear()
+    _LOCAL_LOCKS_GUARD = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_local_locks)
 
 
 def _local_lock(conn_id: str) -> threading.RLock:
@@ -501,7 +513,17 @@ class TokenManager:
                     endpoint="oauth/token",
                 )
             tokens = self._tokens_from(data, previous_refresh=None, issued_at=issued_at)
-            self._persist(tokens)
+            try:
+                self.store.save(self.conn_id, tokens)
+            except Exception as exc:
+                # Nobody would retry this save: fail now, naming only the exception type (database errors
+                # quote the statement's parameters, which hold the tokens).
+                raise ClioAuthError(
+                    f"Clio issued tokens for connection {self.conn_id!r} but storing them failed "
+                    f"({type(exc).__name__}); nothing was saved. Fix the token store and authorize again."
+                ) from None
+            self._tokens = tokens
+            self._unsaved = None
             log.info("Exchanged an authorization code for Clio tokens (connection %s).", self.conn_id)
             return tokens
 
@@ -622,14 +644,16 @@ class TokenManager:
         self._tokens = tokens
         try:
             self.store.save(self.conn_id, tokens)
-        except Exception:
+        except Exception as exc:
             # The old refresh token is already revoked, so failing here would lose the new one for good. Keep
             # it in memory, retry the save on the next call, and say loudly that a restart would strand it.
+            # Only the exception type is logged: database errors quote the statement's parameters (tokens).
             self._unsaved = tokens
-            log.exception(
-                "Could not store the rotated Clio tokens of %s; will retry. If this process ends first, "
+            log.error(
+                "Could not store the rotated Clio tokens of %s (%s); will retry. If this process ends first, "
                 "the connection must be authorized again.",
                 self.conn_id,
+                type(exc).__name__,
             )
         else:
             self._unsaved = None

@@ -474,35 +474,83 @@ def test_no_refresh_token_asks_for_onboarding(clio):
     assert clio.token_calls() == 0
 
 
+class FailingStore(MemoryTokenStore):
+    """A store whose next ``fail`` saves raise the way a database driver does: quoting the values."""
+
+    def __init__(self, fail: int) -> None:
+        super().__init__()
+        self.fail = fail
+
+    def save(self, conn_id: str, tokens: TokenSet) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise OSError(f"INSERT INTO variable failed [parameters: {tokens.to_json()}]")
+        super().save(conn_id, tokens)
+
+
 def test_a_failed_save_keeps_the_new_tokens_and_is_retried(clio, caplog):
-    class FlakyStore(MemoryTokenStore):
-        fail = 1
-
-        def save(self, conn_id: str, tokens: TokenSet) -> None:
-            if self.fail:
-                self.fail -= 1
-                raise OSError("disk full")
-            super().save(conn_id, tokens)
-
-    store = FlakyStore()
+    store = FailingStore(fail=1)
     tm = clio.manager(store, TokenSet(None, clio.fresh().refresh_token, None), conn_id="clio_flaky")
     token = tm.access_token()
     assert clio.api_status(token) == 200
     assert store.load("clio_flaky") is None
-    assert "Could not store the rotated Clio tokens" in caplog.text
+    assert "Could not store the rotated Clio tokens of clio_flaky (OSError)" in caplog.text
+    assert token not in caplog.text
     assert tm.access_token() == token
     assert store.load("clio_flaky").access_token == token
 
 
-def test_exchange_code_stores_the_tokens(clio):
-    redirect_uri = "http://localhost/clio/callback"
+def test_exchange_code_fails_loudly_when_the_tokens_cannot_be_stored(clio, caplog):
+    tm = clio.manager(FailingStore(fail=1), TokenSet(None, "", None), conn_id="clio_onboard_fail")
+    with pytest.raises(ClioAuthError, match=r"storing them failed \(OSError\); nothing was saved") as excinfo:
+        tm.exchange_code(_authorization_code(clio, "http://localhost/cb"), "http://localhost/cb")
+    assert "emu-" not in str(excinfo.value)
+    assert "emu-" not in caplog.text
+
+
+def test_a_forked_child_does_not_inherit_a_held_refresh_lock():
+    from airflow_provider_clio import auth
+
+    conn_id = "clio_fork"
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with auth._local_lock(conn_id):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert held.wait(30)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a Celery prefork worker, a task using multiprocessing, ...
+            os._exit(0 if auth._local_lock(conn_id).acquire(timeout=10) else 1)
+    finally:
+        release.set()
+        thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _authorization_code(clio: Clio, redirect_uri: str) -> str:
     location = requests.get(
         f"{clio.emu.url}/oauth/authorize",
-        params={"client_id": CLIENT_ID, "redirect_uri": redirect_uri, "state": "s1", "response_type": "code"},
+        params={
+            "client_id": clio.client_id,
+            "redirect_uri": redirect_uri,
+            "state": "s",
+            "response_type": "code",
+        },
         allow_redirects=False,
         timeout=30,
     ).headers["Location"]
-    code = parse_qs(urlsplit(location).query)["code"][0]
+    return parse_qs(urlsplit(location).query)["code"][0]
+
+
+def test_exchange_code_stores_the_tokens(clio):
+    redirect_uri = "http://localhost/clio/callback"
+    code = _authorization_code(clio, redirect_uri)
     store = MemoryTokenStore()
     tm = clio.manager(store, TokenSet(None, "", None), conn_id="clio_onboard")
 
