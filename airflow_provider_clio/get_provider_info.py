@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_clio import __version__
-
-REGIONS = ("us", "ca", "eu", "au")
+from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -65,7 +64,7 @@ def get_provider_info() -> dict[str, Any]:
                             "Clio instance the application is registered in. Picks the API and OAuth "
                             "hosts and the Airflow pool clio_<region>."
                         ),
-                        "schema": {"type": "string", "enum": list(REGIONS), "default": "us"},
+                        "schema": {"type": "string", "enum": list(REGIONS), "default": DEFAULT_REGION},
                     },
                     "refresh_token": {
                         "label": "Refresh token",

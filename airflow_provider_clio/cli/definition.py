@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand, lazy_load_command
 
+from airflow_provider_clio.regions import REGIONS
+
 if TYPE_CHECKING:
     from airflow.cli.cli_config import CLICommand
 
-REGIONS = ("us", "ca", "eu", "au")
 DEFAULT_REDIRECT_URI = "http://localhost:8910/callback"
 """The redirect URI the docs tell users to register with their Clio application."""
 

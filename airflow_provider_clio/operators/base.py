@@ -28,6 +28,7 @@ from airflow_provider_clio.exceptions import (
     ClioPaginationError,
 )
 from airflow_provider_clio.fields import normalize_fields, top_level_names
+from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGION = "us"
 
 DEFAULT_TASK_RETRY_ARGS: dict[str, Any] = {
     "retries": 5,
@@ -82,7 +82,6 @@ def connection_region_and_pool(clio_conn_id: str, region: str | None = None) -> 
     time, a missing connection) falls back to the ``us`` region; the task warns at run time if the hook then
     resolves another pool.
     """
-    from airflow_provider_clio.hooks.clio import REGIONS
     from airflow_provider_clio.rate_limit import pool_name_for
 
     if region is not None and str(region).strip().lower() not in REGIONS:

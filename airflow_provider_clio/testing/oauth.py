@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_clio.regions import REGIONS
+
 __all__ = [
     "DEFAULT_SECRET",
     "REGIONS",
@@ -24,7 +26,6 @@ __all__ = [
     "scope_allows",
 ]
 
-REGIONS: tuple[str, ...] = ("us", "ca", "eu", "au")
 DEFAULT_SECRET = "emulator-secret"
 _CODE_TTL = 600.0
 

@@ -25,6 +25,7 @@ from airflow.sdk.execution_time.context import set_current_context
 
 from airflow_provider_clio import __version__
 from airflow_provider_clio.auth import MemoryTokenStore, TokenSet
+from airflow_provider_clio.config import ClioConfig
 from airflow_provider_clio.exceptions import (
     ClioAuthError,
     ClioBadRequestError,
@@ -35,7 +36,7 @@ from airflow_provider_clio.exceptions import (
     ClioRateLimitError,
     ClioTransientError,
 )
-from airflow_provider_clio.hooks.clio import ClioConfig, ClioHook, RetrySettings
+from airflow_provider_clio.hooks.clio import ClioHook, RetrySettings
 from airflow_provider_clio.rate_limit import reset_shared_limiters
 from airflow_provider_clio.testing import ClioEmulator, Faults
 
