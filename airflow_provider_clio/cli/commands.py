@@ -28,12 +28,19 @@ POOL_DESCRIPTION = (
 
 
 def _hook(conn_id: str, store: TokenStore | None = None) -> ClioHook:
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
     from airflow_provider_clio.exceptions import ClioError
     from airflow_provider_clio.hooks.clio import ClioHook
 
     hook = ClioHook(conn_id, pool_slots=1, token_store=store)
     try:
         hook.config  # noqa: B018  # validate the connection now, with an error that names the field
+    except AirflowNotFoundException:
+        raise SystemExit(
+            f"error: connection {conn_id!r} is not defined. Create it (conn type 'clio') with the "
+            "application's client id as login and its secret as password, or pass --conn-id."
+        ) from None
     except ClioError as exc:
         raise SystemExit(f"error: {exc}") from None
     return hook

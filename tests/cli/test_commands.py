@@ -238,6 +238,13 @@ def test_check_explains_a_broken_connection(airflow_db):
     assert "password (the OAuth client secret) is empty" in result.stderr
 
 
+def test_check_names_a_missing_connection(airflow_db):
+    result = airflow("clio", "check", "--conn-id", "clio_missing")
+    assert result.returncode == 1
+    assert "connection 'clio_missing' is not defined" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def json_extra(env: dict[str, str], conn_id: str) -> dict[str, Any]:
     return json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"])["extra"]
 
