@@ -102,7 +102,7 @@ def parse_expires_at(value: Any) -> float | None:
 @dataclass(frozen=True, repr=False)
 class TokenSet:
     """
-    One OAuth token pair as issued by Clio; ``repr`` never shows the token values.
+    Hold one OAuth token pair as issued by Clio; ``repr`` never shows the token values.
 
     :param access_token: The bearer token for API calls, ``None`` when only a refresh token is known.
     :param refresh_token: The single-use refresh token (empty string when none is known yet).
@@ -171,7 +171,7 @@ class TokenSet:
 
 @runtime_checkable
 class TokenStore(Protocol):
-    """Where the newest token pair of each connection lives between processes."""
+    """Persist the newest token pair of each connection between processes."""
 
     def load(self, conn_id: str) -> TokenSet | None:
         """Return the stored tokens of ``conn_id``, or ``None`` when there are none."""
@@ -184,7 +184,7 @@ class TokenStore(Protocol):
 
 @runtime_checkable
 class SupportsRefreshLock(Protocol):
-    """A store that can also serialize refreshes of one connection across processes."""
+    """Serialize refreshes of one connection across processes (an optional capability of a store)."""
 
     def refresh_lock(self, conn_id: str) -> contextlib.AbstractContextManager[None]:
         """Hold an exclusive, inter-process lock for refreshing ``conn_id``'s tokens."""
