@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Helpers shared by the operator, transfer, sensor and trigger tests.
 
-Loaded by path from each of those folders' ``conftest.py`` (the suite runs with ``--import-mode=importlib``,
-so test folders are not packages that could import each other).
+Loaded by path through the ``support`` fixture of tests/conftest.py: the suite runs with
+``--import-mode=importlib``, so test folders are not packages that could import each other.
 """
 
 from __future__ import annotations

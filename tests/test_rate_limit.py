@@ -53,6 +53,12 @@ def _fresh_registry() -> Iterator[None]:
     reset_shared_limiters()
 
 
+def _settled(limiter: RateLimiter, fake: FakeTime) -> RateLimiter:
+    """Let one window pass so the slot hand-over guard of a new limiter no longer binds."""
+    fake.now += 1.0
+    return limiter
+
+
 def _send_times(limiter: RateLimiter, fake: FakeTime, n: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -70,10 +76,10 @@ def test_interval_includes_the_safety_margin() -> None:
 
 def test_requests_are_evenly_spaced() -> None:
     fake = FakeTime()
-    limiter = RateLimiter(3, clock=fake.clock)
+    limiter = _settled(RateLimiter(3, clock=fake.clock), fake)
     times = _send_times(limiter, fake, 10)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert times[0] == 1000.0  # the first request of an idle limiter goes at once
+    assert times[0] == 1001.0  # the first request of an idle, settled limiter goes at once
     assert gaps == pytest.approx([limiter.interval] * 9)
 
 
@@ -188,16 +194,35 @@ def test_set_rate_resizes_the_window_guard() -> None:
     assert limiter.per_window == 3
 
 
+@pytest.mark.parametrize("rate", [1, 3, 6])
+def test_new_limiter_waits_one_window_for_the_slot_hand_over(rate: int) -> None:
+    # The previous holder of our pool slots may have sent its last request just before this task started.
+    fake = FakeTime()
+    limiter = RateLimiter(rate, clock=fake.clock)
+    assert limiter.reserve() == pytest.approx(1.0)
+    fake.now += 5.0
+    assert limiter.reserve() == 0.0  # a limiter created long ago does not wait
+
+
+def test_rate_change_is_a_hand_over_too() -> None:
+    fake = FakeTime()
+    limiter = _settled(RateLimiter(1, clock=fake.clock), fake)
+    assert limiter.reserve() == 0.0
+    fake.now += 5.0
+    limiter.set_rate(3)  # two more slots, possibly used by another task a moment ago
+    assert limiter.reserve() == pytest.approx(1.0)
+
+
 def test_reserve_queues_concurrent_callers_in_order() -> None:
     fake = FakeTime()
-    limiter = RateLimiter(4, clock=fake.clock)
+    limiter = _settled(RateLimiter(4, clock=fake.clock), fake)
     delays = [limiter.reserve() for _ in range(5)]
     assert delays == pytest.approx([i * limiter.interval for i in range(5)])
 
 
 def test_threads_get_distinct_evenly_spaced_slots() -> None:
     fake = FakeTime()  # frozen: every reservation is relative to the same instant
-    limiter = RateLimiter(3, clock=fake.clock)
+    limiter = _settled(RateLimiter(3, clock=fake.clock), fake)
     delays: list[float] = []
     lock = threading.Lock()
     barrier = threading.Barrier(8)
@@ -251,11 +276,11 @@ def test_registry_shares_one_limiter_per_application_and_region() -> None:
 
 def test_shared_limiter_paces_hooks_together() -> None:
     fake = FakeTime()
-    first = shared_limiter("app", "us", 1, clock=fake.clock)
+    first = _settled(shared_limiter("app", "us", 1, clock=fake.clock), fake)
     second = shared_limiter("app", "us", 1, clock=fake.clock)
     first.acquire(fake.sleep)
     second.acquire(fake.sleep)
-    assert fake.now - 1000.0 == pytest.approx(1.05)
+    assert fake.now - 1001.0 == pytest.approx(1.05)
     reset_shared_limiters()
     assert shared_limiter("app", "us", 1, clock=fake.clock) is not first
 

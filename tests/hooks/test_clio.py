@@ -100,13 +100,18 @@ def emulator_hook(
     **kwargs: Any,
 ) -> ClioHook:
     set_conn(monkeypatch, emu.connection(client_id=client_id, region=region), conn_id)
-    return ClioHook(
+    hook = ClioHook(
         conn_id,
         token_store=store if store is not None else MemoryTokenStore(),
         clock=fake_time.clock,
         sleep=fake_time.sleep,
         **kwargs,
     )
+    # Let the limiter's slot hand-over window pass (tested on its own below), so the recorded sleeps are
+    # the pacing and backoff under test.
+    assert hook.limiter is not None
+    fake_time.now += 1.0
+    return hook
 
 
 def api_requests(emu: ClioEmulator) -> list[Any]:
@@ -370,6 +375,18 @@ def test_pagination_returns_every_record_exactly_once(
     assert len(api_requests(emu)) == pages == hook.stats.requests
     # Pacing: one emission interval between consecutive requests, on the injected clock.
     assert fake_time.sleeps == pytest.approx([1.05] * (pages - 1))
+
+
+@pytest.mark.integration
+def test_a_new_hook_waits_one_window_before_its_first_request(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    # The task that held this pool slot before may have sent a request just before this one started.
+    emu = clio_emulator_factory(records={"contacts": 10}, rate_limit=None)
+    set_conn(monkeypatch, emu.connection())
+    hook = ClioHook(CONN_ID, token_store=MemoryTokenStore(), clock=fake_time.clock, sleep=fake_time.sleep)
+    hook.get("grow/contacts", params={"fields": "id"})
+    assert fake_time.sleeps == pytest.approx([1.0])
 
 
 @pytest.mark.integration

@@ -11,9 +11,9 @@ It checks what the design promises: the run succeeds, every output holds exactly
 emulator never answered 429 nor saw more than 3 requests in any 1 s window, the metadata database shows at
 most 3 tasks running at once (and 3 did run at once), and the region's budget was used while 3 tasks ran.
 
-Known gap (the test xfails on it, and only on it): when a task ends, the task that takes its slot can send its
-first request less than 1 s after the ended task's last one, so one window holds 4 requests and one is
-answered 429. See ``HAND_OVER_GAP``.
+This test found the slot hand-over gap: the task that takes a freed slot could send its first request less
+than 1 s after the previous holder's last one (4 in one window, one 429). The limiter now waits one window
+before a new slot holder's first request; the report still labels any crowded window by its cause.
 """
 
 from __future__ import annotations
@@ -88,14 +88,6 @@ RUN_TIMEOUT = 240.0
 STOP_TIMEOUT = 20.0
 MIN_UTILISATION = 0.8
 
-HAND_OVER_GAP = (
-    "known gap in the design: a task that takes a freed pool slot sends its first request less than "
-    "1 s after the previous holder's last one, so 4 requests share a 1 s window and one is answered "
-    "429 (the hook retries it; the output stays exact). Every crowded window held one request per "
-    "task, so the pacing itself held. Fix in the limiter (e.g. a new slot holder waits one window "
-    "before its first request), then delete this xfail."
-)
-"""Why the test xfails when, and only when, every window above the limit is a slot hand-over."""
 
 CLI_DRIVER = """
 import json, sqlite3, sys, time
@@ -695,8 +687,6 @@ def test_pool_holds_the_rate_limit_under_a_real_scheduler(
         assert busy_s > 10
         assert busy_utilisation >= MIN_UTILISATION
         assert paced_utilisation >= MIN_UTILISATION
-        if crowded and all(is_hand_over(window) for window in crowded):
-            pytest.xfail(HAND_OVER_GAP)
         assert emu.count(status=429) == 0
         assert emu.max_requests_in_window(region="us") <= RATE_LIMIT
     except Exception:
