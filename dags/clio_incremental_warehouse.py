@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator
 
@@ -38,7 +38,8 @@ EXTRACTS = {
 with DAG(
     dag_id="clio_incremental_warehouse",
     description="Hourly incremental Clio -> warehouse load, rate-limit safe",
-    schedule="@hourly",
+    # A real data interval: Airflow 3's plain "@hourly" runs with an empty one, which selects nothing.
+    schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     max_active_runs=1,

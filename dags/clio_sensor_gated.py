@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, CronDataIntervalTimetable
 
 from airflow_provider_clio.sensors.clio import ClioRecordsSensor
 from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator
@@ -19,7 +19,8 @@ from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator
 with DAG(
     dag_id="clio_sensor_gated",
     description="Wait for changed Clio matters, then load them",
-    schedule="@daily",
+    # A real data interval: Airflow 3's plain "@daily" runs with an empty one, which selects nothing.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     tags=["clio", "example"],

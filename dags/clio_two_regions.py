@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, CronDataIntervalTimetable
 
 from airflow_provider_clio.operators.extract import ClioExtractOperator
 
@@ -22,7 +22,8 @@ EXPORT_ROOT = os.environ.get("CLIO_EXPORT_ROOT", "file:///tmp/clio-exports")
 with DAG(
     dag_id="clio_two_regions",
     description="Daily contact exports from the US and EU Clio regions",
-    schedule="@daily",
+    # A real data interval: Airflow 3's plain "@daily" runs with an empty one, which selects nothing.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     tags=["clio", "example"],

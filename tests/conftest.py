@@ -19,6 +19,12 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+if "AIRFLOW__CORE__FERNET_KEY" not in os.environ:
+    # One key for this process and every airflow subprocess a test starts, so Variables one writes the
+    # other can read (otherwise the first subprocess writes airflow.cfg with a key this process never saw).
+    from cryptography.fernet import Fernet
+
+    os.environ["AIRFLOW__CORE__FERNET_KEY"] = Fernet.generate_key().decode()
 
 import pytest  # noqa: E402
 
