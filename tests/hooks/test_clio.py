@@ -778,3 +778,49 @@ def test_stats_counts_match_the_emulator_log(
     assert len(api_requests(emu)) == 3
     assert (hook.stats.requests, hook.stats.pages, hook.stats.records) == (3, 3, 90)
     assert hook.stats.limiter_wait_seconds == pytest.approx(2.1)
+
+
+class RecordingStatsBackend:
+    """An Airflow metrics backend (the StatsLogger interface) that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.counters: list[tuple[str, dict[str, Any]]] = []
+        self.timings: list[tuple[str, dict[str, Any]]] = []
+
+    def incr(self, stat: str, count: int = 1, rate: float = 1, *, tags: dict[str, Any] | None = None) -> None:
+        self.counters.extend([(stat, dict(tags or {}))] * count)
+
+    def timing(self, stat: str, dt: Any, *, tags: dict[str, Any] | None = None) -> None:
+        self.timings.append((stat, dict(tags or {})))
+
+
+@pytest.fixture
+def metrics() -> Iterator[RecordingStatsBackend]:
+    from airflow.sdk._shared.observability.metrics import stats as stats_module
+
+    saved = (stats_module._factory, stats_module._export_legacy_names)
+    backend = RecordingStatsBackend()
+    stats_module.initialize(factory=lambda: backend, export_legacy_names=False)
+    yield backend
+    stats_module.initialize(factory=saved[0], export_legacy_names=saved[1])
+
+
+@pytest.mark.integration
+def test_requests_429s_and_limiter_waits_reach_airflow_metrics(
+    monkeypatch: pytest.MonkeyPatch,
+    clio_emulator_factory: Any,
+    fake_time: FakeTime,
+    metrics: RecordingStatsBackend,
+) -> None:
+    emu = clio_emulator_factory(records={"contacts": 120}, page_size=50, rate_limit=None)
+    hook = emulator_hook(monkeypatch, emu, fake_time)
+    emu.set_faults(Faults(outage_requests=2, outage_status=429))
+    assert len(list(hook.paginate("grow/contacts", fields="id"))) == 120
+
+    requests = [tags for stat, tags in metrics.counters if stat == "clio.requests"]
+    assert len(requests) == len(api_requests(emu)) == 5
+    assert {(t["region"], t["endpoint"]) for t in requests} == {("us", "grow/contacts")}
+    assert sorted(t["status"] for t in requests) == ["200", "200", "200", "429", "429"]
+    rate_limited = [tags for stat, tags in metrics.counters if stat == "clio.rate_limited"]
+    assert rate_limited == [{"region": "us", "endpoint": "grow/contacts"}] * 2
+    assert [stat for stat, _ in metrics.timings] == ["clio.limiter_wait"] * 5
