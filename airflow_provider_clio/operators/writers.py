@@ -143,7 +143,8 @@ def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def _kind(value: Any) -> str:
+def value_kind(value: Any) -> str:
+    """Classify a JSON value for column typing: ``bool``, ``int``, ``float``, ``str`` or ``json``."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
@@ -200,7 +201,7 @@ def write_parquet(jsonl_path: str, parquet_path: str, columns: Sequence[str] | N
                 kinds[name] = set()
                 order.append(name)
             if value is not None:
-                kinds[name].add(_kind(value))
+                kinds[name].add(value_kind(value))
     schema = pa.schema([(name, _arrow_type(kinds[name])) for name in order])
     with pq.ParquetWriter(parquet_path, schema) as writer:
         batch: list[dict[str, Any]] = []

@@ -28,6 +28,7 @@ from airflow_provider_clio.checkpoint import (
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.fields import top_level_names
 from airflow_provider_clio.operators.base import ClioBaseOperator, run_extraction
+from airflow_provider_clio.operators.writers import value_kind
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -56,21 +57,9 @@ def split_table(table: str) -> list[str]:
     return [validate_identifier(part, "table name part") for part in parts]
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    return "json"
-
-
 def infer_sql_type(values: Sequence[Any]) -> str:
     """Pick a column type from sample values: a numeric or boolean type only when every value agrees."""
-    kinds = {_kind(v) for v in values if v is not None}
+    kinds = {value_kind(v) for v in values if v is not None}
     if kinds == {"bool"}:
         return "BOOLEAN"
     if kinds == {"int"}:
