@@ -6,16 +6,17 @@ Layout of a destination after a successful run::
     <destination>/_manifest.json                 the commit point: lists the files of the current run
     <destination>/run=<token>/part-00000.jsonl   part files of whole pages, about records_per_file records
 
-Readers take the manifest, never a directory listing. A rerun of the same interval writes a new ``run=``
-folder, replaces the manifest, then deletes the folders the manifest no longer references, so the destination
-never holds the same interval twice.
+Readers take the manifest, never a directory listing (:func:`read_extract` does). A rerun of the same
+interval writes a new ``run=`` folder, replaces the manifest, then deletes the folders the manifest no longer
+references, so the destination never holds the same interval twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -195,6 +196,37 @@ class ClioExtractOperator(ClioBaseOperator):
                 rowCount=summary.get("records"), fileCount=summary.get("files")
             )
         return [OutputDataset(namespace=namespace, name=name, outputFacets=facets)]
+
+
+def read_extract(destination: str | ObjectStoragePath) -> Iterator[dict[str, Any]]:
+    """
+    Yield the records of the run committed at ``destination``, reading exactly the files its manifest lists.
+
+    This is how a downstream task should consume an extraction: it never sees a half-written run, nor the
+    folder of a superseded one that has not been deleted yet. Records stream part by part (constant memory).
+    Parquet parts yield nested values as the JSON strings they are stored as.
+
+    :param destination: The operator's rendered ``destination`` URL, or an ``ObjectStoragePath``.
+    :raise FileNotFoundError: when nothing has been committed at ``destination``.
+    """
+    root = destination if isinstance(destination, ObjectStoragePath) else ObjectStoragePath(destination)
+    manifest_path = root / MANIFEST_FILE
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"no committed Clio extraction at {root}: {MANIFEST_FILE} is missing")
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["files"]:
+        part = root / entry["path"]
+        if manifest.get("format") == "parquet":
+            import pyarrow.parquet as pq
+
+            with part.open("rb") as handle:
+                for batch in pq.ParquetFile(handle).iter_batches():
+                    yield from batch.to_pylist()
+        else:
+            with part.open("r", encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        yield json.loads(line)
 
 
 def remove_superseded_runs(destination: ObjectStoragePath, keep: str) -> list[str]:

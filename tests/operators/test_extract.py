@@ -21,7 +21,7 @@ from airflow.sdk import DAG, Asset
 
 from airflow_provider_clio.auth import MemoryTokenStore
 from airflow_provider_clio.exceptions import ClioConfigError, ClioTransientError
-from airflow_provider_clio.operators.extract import ClioExtractOperator
+from airflow_provider_clio.operators.extract import ClioExtractOperator, read_extract
 from airflow_provider_clio.operators.retry_policy import ClioRetryPolicy
 from airflow_provider_clio.rate_limit import RetrySettings
 from airflow_provider_clio.testing import ClioEmulator
@@ -98,6 +98,7 @@ def test_dag_run_writes_exact_records_and_a_rerun_replaces_them(
     assert summary["rate_limited"] == 0
     assert summary["manifest"] == f"file://{destination}/_manifest.json"
     assert _manifest_records(destination) == expected
+    assert list(read_extract(f"file://{destination}")) == expected
     manifest = _manifest(destination)
     assert [f["records"] for f in manifest["files"]] == [100, 100, 60]
     assert [f["path"] for f in manifest["files"]] == [
@@ -158,6 +159,7 @@ def test_parquet_parts_hold_nested_values_as_json(
     for row in expected:
         row["client"] = json.dumps(row["client"], separators=(",", ":"))
     assert rows == expected
+    assert list(read_extract(summary["manifest"].removesuffix("/_manifest.json"))) == expected
     assert summary["records"] == 260
 
 
@@ -590,3 +592,10 @@ def test_random_429_and_503_are_absorbed_and_counted(
     assert _manifest_records(tmp_path / "faulty") == support.project(emu.records("contacts"), ["id", "name"])
     assert summary["rate_limited"] == emu.count(status=429) > 0
     assert emu.count(status=503) > 0
+
+
+def test_read_extract_refuses_a_destination_with_nothing_committed(tmp_path: Path) -> None:
+    (tmp_path / "run=abandoned").mkdir()
+    (tmp_path / "run=abandoned" / "part-00000.jsonl").write_text('{"id": 1}\n')
+    with pytest.raises(FileNotFoundError, match=r"_manifest\.json is missing"):
+        next(read_extract(f"file://{tmp_path}"))
