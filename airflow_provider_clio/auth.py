@@ -721,15 +721,17 @@ class TokenManager:
     def _unexpected(self, response: requests.Response, error: str | None, message: str) -> ClioError:
         status_code = response.status_code
         text = f"Clio's token endpoint answered {error or 'an error'}: {message}"
+        retry_after: float | None = None
+        with contextlib.suppress(TypeError, ValueError):
+            retry_after = float(response.headers.get("Retry-After"))  # type: ignore[arg-type]
         if status_code == 429:
-            retry_after: float | None = None
-            with contextlib.suppress(TypeError, ValueError):
-                retry_after = float(response.headers.get("Retry-After"))  # type: ignore[arg-type]
             return ClioRateLimitError(
                 text, status_code=status_code, endpoint="oauth/token", retry_after=retry_after
             )
         if status_code >= 500 or status_code == 408:
-            return ClioTransientError(text, status_code=status_code, endpoint="oauth/token")
+            return ClioTransientError(
+                text, status_code=status_code, endpoint="oauth/token", retry_after=retry_after
+            )
         return ClioAuthError(
             f"{text}. " + REAUTHORIZE_HINT.format(conn_id=self.conn_id),
             status_code=status_code,

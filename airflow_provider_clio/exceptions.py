@@ -66,15 +66,27 @@ def _rebuild(cls: type[ClioError], message: str, state: dict[str, Any]) -> ClioE
 
 
 class ClioRetryableError(ClioError):
-    """Raise when the request may succeed later; Airflow's task-level retry is the next layer."""
+    """
+    Raise when the request may succeed later; Airflow's task-level retry is the next layer.
+
+    :param retry_after: Seconds the server asked to wait (``Retry-After``), ``None`` when it sent none. A
+        429 or a 503 may carry it; whoever schedules the next attempt should wait at least that long.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, endpoint=endpoint)
+        self.retry_after = retry_after
 
 
 class ClioRateLimitError(ClioRetryableError):
-    """
-    Raise when Clio answered 429 Too Many Requests and the in-request retry budget is spent.
-
-    :param retry_after: Seconds the server asked to wait (``Retry-After``), ``None`` when it sent none.
-    """
+    """Raise when Clio answered 429 Too Many Requests and the in-request retry budget is spent."""
 
     def __init__(
         self,
@@ -84,8 +96,7 @@ class ClioRateLimitError(ClioRetryableError):
         endpoint: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status_code=status_code, endpoint=endpoint)
-        self.retry_after = retry_after
+        super().__init__(message, status_code=status_code, endpoint=endpoint, retry_after=retry_after)
 
 
 class ClioTransientError(ClioRetryableError):
@@ -185,7 +196,8 @@ def error_for_status(
     if status == 429:
         return ClioRateLimitError(text, status_code=status, endpoint=endpoint, retry_after=retry_after)
     if status >= 500 or status == 408:
-        return ClioTransientError(text, status_code=status, endpoint=endpoint)
+        # A 503 for maintenance may say when to come back; retrying sooner only earns another 503.
+        return ClioTransientError(text, status_code=status, endpoint=endpoint, retry_after=retry_after)
     if status == 401:
         return ClioAuthError(text, status_code=status, endpoint=endpoint)
     if status == 403:

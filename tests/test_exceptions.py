@@ -169,9 +169,19 @@ def test_error_for_status(status: int, cls: type[ClioError]) -> None:
     assert exc.status_code == status
     assert exc.endpoint == "grow/contacts"
     assert exc.message == "boom"
-    if cls is ClioRateLimitError:
-        assert isinstance(exc, ClioRateLimitError)
+    if issubclass(cls, ClioRetryableError):
+        # A 503 for maintenance may say when to come back, exactly like a 429.
+        assert isinstance(exc, ClioRetryableError)
         assert exc.retry_after == 2.0
+
+
+def test_every_retryable_error_carries_retry_after_and_survives_pickling() -> None:
+    assert ClioTransientError("timed out").retry_after is None
+    assert ClioRetryableError("later").retry_after is None
+    exc = ClioTransientError("maintenance", status_code=503, endpoint="grow/contacts", retry_after=120.0)
+    clone = pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes
+    assert type(clone) is ClioTransientError
+    assert (clone.status_code, clone.retry_after) == (503, 120.0)
 
 
 def test_error_for_status_names_an_empty_body() -> None:

@@ -36,7 +36,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.seen.append((self.path, self.headers.get("Authorization")))
-        status, headers, body = self.server.route(self.path, self.server.base)
+        page = self.path.split("?", 1)[0]
+        self.server.hits[page] = self.server.hits.get(page, 0) + 1
+        status, headers, body = self.server.route(self.path, self.server.base, self.server.hits[page])
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -55,11 +57,17 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.base = f"http://127.0.0.1:{self.server_address[1]}"
         self.seen: list[tuple[str, str | None]] = []
+        self.hits: dict[str, int] = {}
 
     @staticmethod
-    def route(path: str, base: str) -> tuple[int, dict[str, str], bytes]:
+    def route(path: str, base: str, hit: int) -> tuple[int, dict[str, str], bytes]:
         json_type = {"Content-Type": "application/json"}
         page = path.split("?", 1)[0]
+        if page == "/grow/maintenance-once":
+            if hit == 1:
+                body = b'{"error": {"status": "503", "message": "maintenance"}}'
+                return 503, {**json_type, "Retry-After": "7"}, body
+            return 200, json_type, b'{"data": []}'
         if page == "/grow/loop":
             body = {"data": [{"id": 1}], "meta": {"paging": {"next": f"{base}/grow/loop?page_token=same"}}}
             return 200, json_type, json.dumps(body).encode()
@@ -97,7 +105,12 @@ def server() -> Iterator[_Server]:
 
 
 @pytest.fixture
-def hook(server: _Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[ClioHook]:
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def hook(server: _Server, monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> Iterator[ClioHook]:
     reset_shared_limiters()
     conn = {
         "conn_type": "clio",
@@ -114,6 +127,7 @@ def hook(server: _Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[ClioHook]
     now = [0.0]
 
     def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
         now[0] += seconds
 
     yield ClioHook(
@@ -181,3 +195,12 @@ def test_echoed_credentials_are_scrubbed_from_errors(server: _Server, hook: Clio
     assert "Bearer ***" in info.value.message
     # The token did go to the API host, and only there.
     assert server.seen == [("/grow/echo-token-422", f"Bearer {ACCESS_TOKEN}")]
+
+
+def test_retry_after_on_a_503_is_honoured(server: _Server, hook: ClioHook, sleeps: list[float]) -> None:
+    assert hook.get("grow/maintenance-once") == {"data": []}
+    # Exactly the server's wait: retrying a maintenance 503 sooner only earns another 503.
+    # (The first sleep is the limiter's hand-over window of a new hook; the backoff is the second.)
+    assert sleeps[1:] == [7.0]
+    assert hook.stats.retries == 1
+    assert [path for path, _ in server.seen] == ["/grow/maintenance-once"] * 2
