@@ -533,12 +533,16 @@ class ClioHook(BaseHook):
         if status == 304 and allow_not_modified:
             return _Answer(response, None)
         if 200 <= status < 300:
-            if status == 204 or not response.content:
-                return _Answer(response, {})
+            # Every call the hook makes reads a JSON object. An empty or unparsable 2xx body (a proxy's
+            # hiccup, a transfer cut short) is the same fault either way and worth another try; turning an
+            # empty body into {} made a list page look malformed and failed the task for good.
+            if not response.content.strip():
+                raise ClioTransientError(
+                    f"empty body where JSON was expected (HTTP {status})", status_code=status, endpoint=label
+                )
             try:
                 return _Answer(response, response.json())
             except ValueError:
-                # A 2xx body we cannot parse is almost always a truncated transfer: worth another try.
                 raise ClioTransientError(
                     f"unparsable JSON body ({len(response.content)} bytes)",
                     status_code=status,

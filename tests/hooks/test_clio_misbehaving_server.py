@@ -79,6 +79,13 @@ class _Server(ThreadingHTTPServer):
             return 200, json_type, json.dumps(body).encode()
         if page == "/grow/redirect":
             return 302, {"Location": "http://127.0.0.2:9/steal"}, b""
+        if page == "/grow/empty-200":
+            return 200, json_type, b""
+        if page == "/grow/empty-second-page":
+            if "page_token" in path:
+                return 200, json_type, b""
+            body = {"data": [{"id": 1}], "meta": {"paging": {"next": f"{base}{page}?page_token=p2"}}}
+            return 200, json_type, json.dumps(body).encode()
         if page == "/grow/not-json":
             return 200, json_type, b"<html>maintenance</html>"
         if page == "/grow/no-data":
@@ -167,6 +174,17 @@ def test_unparsable_2xx_body_is_retried_then_transient(server: _Server, hook: Cl
         hook.get("grow/not-json")
     assert len(server.seen) == 3  # max_attempts
     assert hook.stats.retries == 2
+
+
+@pytest.mark.parametrize("endpoint", ["grow/empty-200", "grow/empty-second-page"])
+def test_an_empty_2xx_body_is_retried_then_transient(server: _Server, hook: ClioHook, endpoint: str) -> None:
+    # An empty body is a cut-short answer like an unparsable one, not a malformed list: retry, and leave
+    # the rest to Airflow's task retry instead of failing the task for good.
+    with pytest.raises(ClioTransientError, match="empty body"):
+        list(hook.paginate(endpoint))
+    assert hook.stats.retries == 2
+    with pytest.raises(ClioTransientError, match="empty body"):
+        hook.get("grow/empty-200")
 
 
 def test_a_list_without_data_is_a_pagination_error(server: _Server, hook: ClioHook) -> None:
