@@ -265,6 +265,8 @@ class Checkpointer:
     def __init__(self, store: CheckpointStore, key: Mapping[str, Any]) -> None:
         self.store = store
         self.key = dict(key)
+        self.abandoned: list[str] = []
+        """Tokens of saved checkpoints this extraction will not resume (their output may be deleted)."""
 
     def resume(self) -> Checkpoint | None:
         """Return the checkpoint to resume from, or ``None`` to start from the first page."""
@@ -284,6 +286,7 @@ class Checkpointer:
             return None
         reason = checkpoint.mismatch(self.key)
         if reason:
+            self.abandoned.append(checkpoint.token)
             log.warning(
                 "Ignoring the checkpoint in %s: it belongs to a different extraction (%s); starting over",
                 self.store.description,
@@ -303,6 +306,11 @@ class Checkpointer:
         """Persist ``checkpoint``; call only after the output it describes is durable."""
         checkpoint.key = dict(self.key)
         self.store.save(checkpoint.to_dict())
+
+    def abandon(self, checkpoint: Checkpoint) -> None:
+        """Forget ``checkpoint`` without finishing it (e.g. its cursor expired) and remember its token."""
+        self.abandoned.append(checkpoint.token)
+        self.clear()
 
     def clear(self) -> None:
         """Forget the checkpoint once the extraction's output is committed."""

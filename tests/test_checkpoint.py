@@ -146,9 +146,12 @@ def test_checkpointer_ignores_other_extraction(
 ) -> None:
     store = MemoryCheckpointStore()
     Checkpointer(store, KEY).save(_checkpoint())
+    checkpointer = Checkpointer(store, other_key)
     with caplog.at_level(logging.WARNING):
-        assert Checkpointer(store, other_key).resume() is None
+        assert checkpointer.resume() is None
     assert "belongs to a different extraction" in caplog.text
+    # Its output is an abandoned attempt the new extraction may delete once it commits.
+    assert checkpointer.abandoned == [_checkpoint().token]
 
 
 def test_checkpointer_ignores_malformed_and_unreadable(caplog: pytest.LogCaptureFixture) -> None:

@@ -375,7 +375,7 @@ def run_extraction(
                 # The saved cursor is no longer accepted (expired page token, changed API host): the output
                 # is idempotent, so start over rather than fail every future try on the same cursor.
                 log.warning("Cannot resume from the saved cursor (%s); starting the extraction over", err)
-                checkpointer.clear()
+                checkpointer.abandon(state)
                 state = Checkpoint(token=new_token(), next_url=None)
                 resumed, resumed_parts, carried_rate_limited, start_url = False, 0, 0, None
                 pages = hook.iter_pages(plan.endpoint, fields=plan.request_fields, params=plan.params)

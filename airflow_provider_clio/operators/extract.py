@@ -7,8 +7,14 @@ Layout of a destination after a successful run::
     <destination>/run=<token>/part-00000.jsonl   part files of whole pages, about records_per_file records
 
 Readers take the manifest, never a directory listing (:func:`read_extract` does). A rerun of the same
-interval writes a new ``run=`` folder, replaces the manifest, then deletes the folders the manifest no longer
-references, so the destination never holds the same interval twice.
+interval writes a new ``run=`` folder, replaces the manifest, then deletes the one folder the replaced
+manifest referenced (and the folders of this task's own abandoned tries), so the destination never holds the
+same interval twice while a concurrent run's in-progress ``run=`` folder is left alone.
+
+A destination belongs to one extraction (endpoint, fields, query parameters, interval). A run refuses, before
+any request and again just before committing, to replace a manifest committed for another extraction: with a
+static destination the next interval would otherwise delete the previous interval's data. Use one destination
+per interval, or pass ``overwrite=True`` when replacing is intended.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +52,10 @@ class ClioExtractOperator(ClioBaseOperator):
     Extract the records of one Clio endpoint into part files under ``destination``; return a small summary.
 
     Records stream page by page into local part files that are uploaded as they fill up, so memory does not
-    grow with the number of records. The run is committed by writing ``<destination>/_manifest.json``; older
-    ``run=*`` folders are deleted afterwards. A failed try resumes from its last uploaded part on retry.
+    grow with the number of records. The run is committed by writing ``<destination>/_manifest.json``; the
+    ``run=*`` folder of the manifest it replaced is deleted afterwards. A destination whose manifest belongs
+    to another extraction (endpoint, fields, query, interval) is refused unless ``overwrite=True``. A failed
+    try resumes from its last uploaded part on retry.
 
     The returned XCom (never the records) holds ``records``, ``pages``, ``files``, ``rate_limited`` (429s
     seen), ``seconds``, ``manifest``, ``run``, ``interval`` and ``resumed``.
@@ -68,6 +76,9 @@ class ClioExtractOperator(ClioBaseOperator):
         stored as JSON strings).
     :param records_per_file: Target records per part file (default 5000). Parts hold whole pages: a part is
         closed before a page that would take it past this number.
+    :param overwrite: Replace a manifest committed at ``destination`` for a different extraction (another
+        endpoint, field selection, query or interval). Default ``False``: such a run fails with
+        ``ClioConfigError`` before any request, because the destination would lose the other interval's data.
     :param endpoint: List endpoint, e.g. ``grow/contacts`` (templated).
     :param fields: Fields to select, list or string form (templated).
     :param query_params: Extra query parameters (templated).
@@ -87,6 +98,7 @@ class ClioExtractOperator(ClioBaseOperator):
         destination: str,
         file_format: str = "jsonl",
         records_per_file: int = 5000,
+        overwrite: bool = False,
         **kwargs: Any,
     ) -> None:
         if file_format not in FILE_FORMATS:
@@ -100,6 +112,7 @@ class ClioExtractOperator(ClioBaseOperator):
         self.destination = destination
         self.file_format = file_format
         self.records_per_file = records_per_file
+        self.overwrite = overwrite
 
     def _destination(self) -> ObjectStoragePath:
         text = str(self.destination or "").strip().rstrip("/")
@@ -112,6 +125,9 @@ class ClioExtractOperator(ClioBaseOperator):
         started = datetime.now(timezone.utc)
         plan = self.build_plan(context)
         destination = self._destination()
+        manifest_path = destination / MANIFEST_FILE
+        identity = _identity(plan.endpoint, plan.fields, plan.params, plan.interval.to_dict())
+        self._check_owner(manifest_path, identity)
         hook = self.get_hook()
         key = plan.key(api=hook.base_url, target=str(destination), file_format=self.file_format)
         checkpointer = Checkpointer(
@@ -138,7 +154,8 @@ class ClioExtractOperator(ClioBaseOperator):
             finally:
                 writer.close()
         state = result.state
-        manifest_path = destination / MANIFEST_FILE
+        # Again just before the commit: another run may have committed here while this one was extracting.
+        replaced = self._check_owner(manifest_path, identity)
         manifest = {
             "version": MANIFEST_VERSION,
             "run": state.token,
@@ -158,7 +175,11 @@ class ClioExtractOperator(ClioBaseOperator):
         self.log.info(
             "Committed %s: %d record(s) in %d file(s)", manifest_path, state.records, len(state.parts)
         )
-        removed = remove_superseded_runs(destination, keep=f"run={state.token}")
+        superseded = {f"run={token}" for token in checkpointer.abandoned}
+        if replaced is not None and replaced.get("run"):
+            superseded.add(f"run={replaced['run']}")
+        superseded.discard(f"run={state.token}")
+        removed = remove_superseded_runs(destination, superseded)
         if removed:
             self.log.info("Removed superseded run folder(s): %s", ", ".join(removed))
         checkpointer.clear()
@@ -176,6 +197,36 @@ class ClioExtractOperator(ClioBaseOperator):
         }
         self._summary = summary
         return summary
+
+    def _check_owner(
+        self, manifest_path: ObjectStoragePath, identity: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """
+        Return the manifest committed at the destination (``None`` if none); fail if another extraction's.
+
+        Replacing it would delete that extraction's data (e.g. another interval's, at a static destination).
+        """
+        committed = _load_manifest(manifest_path)
+        if committed is None:
+            return None
+        theirs = _identity(
+            committed.get("endpoint"),
+            committed.get("fields"),
+            committed.get("params"),
+            committed.get("interval"),
+        )
+        if theirs != identity and not self.overwrite:
+            differing = ", ".join(
+                f"{name} {theirs[name]!r} (this run: {identity[name]!r})"
+                for name in identity
+                if theirs[name] != identity[name]
+            )
+            raise ClioConfigError(
+                f"{manifest_path} holds a committed extraction with a different {differing}. Committing here "
+                "would delete its data: use one destination per interval, e.g. "
+                "'.../{{ data_interval_start | ts_nodash }}', or pass overwrite=True to replace it"
+            )
+        return committed
 
     def _ol_outputs(self, summary: Mapping[str, Any] | None) -> list[Any]:
         from airflow.providers.common.compat.openlineage.facet import (
@@ -229,8 +280,13 @@ def read_extract(destination: str | ObjectStoragePath) -> Iterator[dict[str, Any
                         yield json.loads(line)
 
 
-def remove_superseded_runs(destination: ObjectStoragePath, keep: str) -> list[str]:
-    """Delete the ``run=*`` folders and stray temporary manifests other than ``keep``; return their names."""
+def remove_superseded_runs(destination: ObjectStoragePath, runs: Iterable[str]) -> list[str]:
+    """
+    Delete the ``run=*`` folders named in ``runs`` and stray temporary manifests; return the names removed.
+
+    Only folders known to be superseded are deleted: another ``run=*`` folder may be a concurrent run's parts.
+    """
+    wanted = set(runs)
     removed: list[str] = []
     try:
         children = list(destination.iterdir())
@@ -238,7 +294,7 @@ def remove_superseded_runs(destination: ObjectStoragePath, keep: str) -> list[st
         return removed
     for child in children:
         name = child.name
-        stale_run = name.startswith("run=") and name != keep
+        stale_run = name.startswith("run=") and name in wanted
         stale_tmp = name.startswith(f"{MANIFEST_FILE}.tmp")
         if not (stale_run or stale_tmp):
             continue
@@ -247,6 +303,25 @@ def remove_superseded_runs(destination: ObjectStoragePath, keep: str) -> list[st
             child.fs.rm(child.path, recursive=stale_run)
             removed.append(name)
     return removed
+
+
+def _load_manifest(path: ObjectStoragePath) -> dict[str, Any] | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ClioConfigError(
+            f"{path} is not a readable manifest; remove it or choose another destination"
+        ) from None
+    return value if isinstance(value, dict) else None
+
+
+def _identity(endpoint: Any, fields: Any, params: Any, interval: Any) -> dict[str, Any]:
+    """What a destination's manifest must match for a run to replace it."""
+    return {"endpoint": endpoint, "fields": fields, "params": params or {}, "interval": interval}
 
 
 def _task_identity(context: Mapping[str, Any]) -> dict[str, Any]:

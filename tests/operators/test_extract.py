@@ -10,6 +10,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -336,12 +338,13 @@ def test_file_checkpoint_fallback_resumes_outside_task_state_store(
     assert not (destination / "_checkpoint.json").exists()
     assert _run_folders(destination) == [f"run={other['run']}"]
 
-    # Fail again, then resume with the same selection from the file beside the output.
+    # Fail again, then resume with the same selection from the file beside the output (replacing the
+    # other selection's committed output is deliberate here: overwrite=True).
     emu.clear_requests()
     with support.OutageAfterPages(emu, pages=5, requests=2), pytest.raises(ClioTransientError):
-        operator().execute({})
+        operator(overwrite=True).execute({})
     saved = json.loads((destination / "_checkpoint.json").read_text())
-    summary = operator().execute({})
+    summary = operator(overwrite=True).execute({})
     assert summary["resumed"] is True
     assert summary["run"] == saved["token"]
     assert summary["resumed_parts"] == len(saved["parts"])
@@ -599,3 +602,106 @@ def test_read_extract_refuses_a_destination_with_nothing_committed(tmp_path: Pat
     (tmp_path / "run=abandoned" / "part-00000.jsonl").write_text('{"id": 1}\n')
     with pytest.raises(FileNotFoundError, match=r"_manifest\.json is missing"):
         next(read_extract(f"file://{tmp_path}"))
+
+
+_STORE = MemoryTokenStore()
+
+
+def _interval_operator(
+    conn_id: str, destination: Path, since: datetime.datetime, until: datetime.datetime, **kwargs: Any
+) -> ClioExtractOperator:
+    return ClioExtractOperator(
+        task_id=f"interval_{since:%m}",
+        clio_conn_id=conn_id,
+        endpoint="grow/matters",
+        fields=["id", "updated_at"],
+        updated_since=since.isoformat(),
+        updated_until=until.isoformat(),
+        destination=f"file://{destination}",
+        token_store=_STORE,
+        **kwargs,
+    )
+
+
+def test_a_destination_of_another_interval_is_refused_unless_overwrite(
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    destination = tmp_path / "static"
+    march, may, july = (datetime.datetime(2026, m, 1, tzinfo=UTC) for m in (3, 5, 7))
+    first = _interval_operator(conn_id, destination, march, may).execute({})
+    committed = _manifest_records(destination)
+    assert committed
+    emu.clear_requests()
+
+    # The next interval at the same static destination would delete the first one's data: refused at once.
+    with pytest.raises(ClioConfigError, match=r"one destination per interval.*overwrite=True"):
+        _interval_operator(conn_id, destination, may, july).execute({})
+    assert emu.count(path_prefix="/grow") == 0
+    assert _manifest_records(destination) == committed
+    assert _run_folders(destination) == [f"run={first['run']}"]
+
+    # A rerun of the same interval replaces it; overwrite=True replaces another interval on purpose.
+    again = _interval_operator(conn_id, destination, march, may).execute({})
+    assert _run_folders(destination) == [f"run={again['run']}"]
+    replaced = _interval_operator(conn_id, destination, may, july, overwrite=True).execute({})
+    assert _run_folders(destination) == [f"run={replaced['run']}"]
+    truth = emu.records("matters")
+    assert _manifest_records(destination) == [
+        {"id": r["id"], "updated_at": r["updated_at"]} for r in truth if _in(r, may, july)
+    ]
+
+
+def test_a_manifest_committed_meanwhile_for_another_interval_is_not_replaced(
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    # Paced at 20 requests/s so the test thread commits the other run's manifest between two pages.
+    conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
+    destination = tmp_path / "shared"
+    destination.mkdir()
+    since, until = datetime.datetime(2026, 1, 1, tzinfo=UTC), datetime.datetime(2026, 7, 1, tzinfo=UTC)
+    other = {
+        "version": 1,
+        "run": "other",
+        "endpoint": "grow/matters",
+        "fields": "id,updated_at",
+        "params": {"updated_since": "2025-01-01T00:00:00+00:00"},
+        "interval": {"since": "2025-01-01T00:00:00+00:00", "until": "2025-02-01T00:00:00+00:00"},
+        "files": [],
+    }
+
+    def commit_other_run() -> None:
+        deadline = time.monotonic() + 30
+        while emu.count(status=200, path_prefix="/grow") < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        (destination / "run=other").mkdir()
+        (destination / "_manifest.json").write_text(json.dumps(other))
+
+    watcher = threading.Thread(target=commit_other_run, daemon=True)
+    watcher.start()
+    with pytest.raises(ClioConfigError, match="one destination per interval"):
+        _interval_operator(conn_id, destination, since, until, records_per_file=50).execute({})
+    watcher.join(timeout=5)
+    assert emu.count(status=200, path_prefix="/grow") == 6  # it failed at the commit, after every page
+    assert _manifest(destination) == other
+    assert (destination / "run=other").is_dir()
+
+
+def test_a_commit_deletes_only_the_replaced_run_not_a_concurrent_one(
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu)
+    destination = tmp_path / "out"
+    since, until = datetime.datetime(2026, 3, 1, tzinfo=UTC), datetime.datetime(2026, 5, 1, tzinfo=UTC)
+    first = _interval_operator(conn_id, destination, since, until).execute({})
+    # A concurrent run of the same interval is still uploading its parts (no manifest of its own yet).
+    in_progress = destination / "run=20990101T000000-concurrent"
+    in_progress.mkdir()
+    (in_progress / "part-00000.jsonl").write_text('{"id": 1}\n')
+    (destination / "_manifest.json.tmp-deadbeef").write_text("{")
+
+    second = _interval_operator(conn_id, destination, since, until).execute({})
+    assert _run_folders(destination) == sorted([f"run={second['run']}", in_progress.name])
+    assert f"run={first['run']}" not in _run_folders(destination)
+    assert (in_progress / "part-00000.jsonl").exists()
+    assert not (destination / "_manifest.json.tmp-deadbeef").exists()
