@@ -58,14 +58,18 @@ def split_table(table: str) -> list[str]:
 
 
 def infer_sql_type(values: Sequence[Any]) -> str:
-    """Pick a column type from sample values: a numeric or boolean type only when every value agrees."""
+    """
+    Pick a column type from sample values: a numeric or boolean type only when every value agrees.
+
+    Every number is ``NUMERIC``, never ``BIGINT``: the sample is only the first batch, so a column whose first
+    values happen to be whole (an amount of 5000) must still hold 2500.75 exactly later. ``NUMERIC`` is exact
+    for integers and money on PostgreSQL and MySQL, and has NUMERIC affinity on SQLite.
+    """
     kinds = {value_kind(v) for v in values if v is not None}
     if kinds == {"bool"}:
         return "BOOLEAN"
-    if kinds == {"int"}:
-        return "BIGINT"
     if kinds and kinds <= {"int", "float"}:
-        return "DOUBLE PRECISION"
+        return "NUMERIC"
     # Strings (timestamps included), nested objects and lists (JSON text), mixed and all-null columns.
     return "TEXT"
 
@@ -230,10 +234,11 @@ class ClioToSqlOperator(ClioBaseOperator):
     Load the records of one Clio endpoint into a SQL table, upserting on ``id``; return a small summary.
 
     The table is created when missing: ``id BIGINT PRIMARY KEY`` plus one column per top-level field (or
-    per key of the first page when ``fields`` is not given); booleans, integers and numbers get matching types
-    when every sampled value agrees, everything else (timestamps included) is ``TEXT``, and nested objects and
-    lists are stored as JSON text. Upserts use ``INSERT ... ON CONFLICT (id) DO UPDATE`` on SQLite and
-    PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL, and the hook's ``insert_rows(replace=True)`` elsewhere.
+    per key of the first page when ``fields`` is not given); booleans get ``BOOLEAN`` and numbers ``NUMERIC``
+    (exact, so amounts are never rounded) when every sampled value agrees, everything else (timestamps
+    included) is ``TEXT``, and nested objects and lists are stored as JSON text. Upserts use
+    ``INSERT ... ON CONFLICT (id) DO UPDATE`` on SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL,
+    and the hook's ``insert_rows(replace=True)`` elsewhere.
 
     The returned XCom holds ``records``, ``pages``, ``batches``, ``table``, ``rate_limited``, ``seconds``,
     ``interval`` and ``resumed``.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import decimal
 import json
 import sqlite3
 import uuid
@@ -14,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG
+from airflow.sdk import DAG, BaseHook
 
 from airflow_provider_clio.auth import MemoryTokenStore
 from airflow_provider_clio.exceptions import ClioConfigError
@@ -29,7 +30,9 @@ FAST_FAIL = RetrySettings(max_attempts=2, initial=0.01, maximum=0.01, jitter=Fal
 
 @pytest.fixture
 def emu(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
-    return clio_emulator_factory(rate_limit=1000, records={"matters": 260, "contacts": 500}, page_size=50)
+    return clio_emulator_factory(
+        rate_limit=1000, records={"matters": 260, "contacts": 500, "activities": 120}, page_size=50
+    )
 
 
 @pytest.fixture
@@ -294,9 +297,9 @@ def test_upsert_statement_per_dialect(dialect: str, expected: str | None) -> Non
 
 
 def test_type_inference_is_conservative() -> None:
-    assert infer_sql_type([1, 2, None]) == "BIGINT"
+    assert infer_sql_type([1, 2, None]) == "NUMERIC"
     assert infer_sql_type([True, False]) == "BOOLEAN"
-    assert infer_sql_type([1, 2.5]) == "DOUBLE PRECISION"
+    assert infer_sql_type([1, 2.5]) == "NUMERIC"
     assert infer_sql_type([1, "2"]) == "TEXT"
     assert infer_sql_type([{"id": 1}]) == "TEXT"
     assert infer_sql_type([None, None]) == "TEXT"
@@ -351,3 +354,65 @@ def test_an_empty_interval_still_creates_the_table(
         ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'empty_matters'").fetchone()[0]
     assert ddl == 'CREATE TABLE "empty_matters" ("id" BIGINT PRIMARY KEY, "display_number" TEXT)'
     assert _sqlite_rows(path, "empty_matters") == []
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_whole_numbers_first_do_not_round_later_amounts(
+    database: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Column types come from the first batch: all-whole amounts there must not make an integer column.
+    if database == "sqlite":
+        conn_id, _ = request.getfixturevalue("sqlite_conn")
+        table = "amounts"
+    else:
+        conn_id, table = request.getfixturevalue("pg_table")
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    with closing(hook.get_conn()) as conn:
+        sink = SqlSink(hook, conn, table, ["id", "value"], create_table=True)
+        sink.add([{"id": 1, "value": 5000}, {"id": 2, "value": 12}])
+        sink.commit(0, "t")
+        sink.add([{"id": 3, "value": 2500.75}, {"id": 4, "value": 0.4}])
+        sink.commit(1, "t")
+        with closing(conn.cursor()) as cur:
+            cur.execute(f'SELECT id, value FROM "{table}" ORDER BY id')  # noqa: S608 - test table
+            rows = [(row[0], decimal.Decimal(str(row[1]))) for row in cur.fetchall()]
+    assert rows == [(1, 5000), (2, 12), (3, decimal.Decimal("2500.75")), (4, decimal.Decimal("0.4"))]
+
+
+def test_postgres_amounts_load_exactly_as_numeric(
+    emu: ClioEmulator,
+    pg_table: tuple[str, str],
+    postgres_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    import psycopg2
+
+    conn_id, table = pg_table
+    clio = support.clio_connection(monkeypatch, emu)
+    fields = ["id", "quantity", "total", "billed"]
+    ClioToSqlOperator(
+        task_id="load",
+        clio_conn_id=clio,
+        endpoint="grow/activities",
+        fields=fields,
+        sql_conn_id=conn_id,
+        table=table,
+        batch_size=40,
+        token_store=MemoryTokenStore(),
+    ).execute({})
+    with closing(psycopg2.connect(postgres_dsn)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
+            "ORDER BY ordinal_position",
+            (table,),
+        )
+        types = cur.fetchall()
+        cur.execute(f'SELECT id, quantity, total, billed FROM "{table}" ORDER BY id')  # noqa: S608
+        rows = cur.fetchall()
+    assert types == [("id", "bigint"), ("quantity", "numeric"), ("total", "numeric"), ("billed", "boolean")]
+    truth = emu.records("activities")
+    assert rows == [
+        (r["id"], decimal.Decimal(str(r["quantity"])), decimal.Decimal(str(r["total"])), r["billed"])
+        for r in truth
+    ]
