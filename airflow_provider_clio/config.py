@@ -43,6 +43,8 @@ class ClioConfig:
     :param expires_at: Expiry of ``access_token``, epoch seconds.
     :param requests_per_slot: Request rate one pool slot is worth.
     :param pool: The Airflow pool of this connection's tasks.
+    :param host_override: ``base_url`` comes from the connection's ``host`` (a proxy or an emulator), so
+        ``next`` URLs naming Clio's hosts are rewritten onto it.
     """
 
     conn_id: str
@@ -57,6 +59,7 @@ class ClioConfig:
     expires_at: float | None = None
     requests_per_slot: float = 1.0
     pool: str = ""
+    host_override: bool = False
 
     @classmethod
     def from_connection(cls, conn: Connection) -> ClioConfig:
@@ -148,6 +151,7 @@ class ClioConfig:
             expires_at=expires_at,
             requests_per_slot=requests_per_slot,
             pool=pool,
+            host_override=bool(conn.host),
         )
 
 

@@ -3,8 +3,18 @@
 
 Clio pages with an opaque ``page_token`` carried in ``meta.paging.next``, an absolute URL that already holds
 the original filters and fields. Clients that merged their own parameters back into it looped or duplicated
-records, so the URL is requested exactly as given. Since the hook sends a bearer token with every request,
-a ``next`` URL on any other scheme, host or port than the API base is refused rather than followed.
+records, so the path and query are requested exactly as given.
+
+The ``next`` URL need not be on the API base's host: Clio's own spec shows
+``https://grow.clio.com/api/v2/contacts?page_token=…`` for an API at ``api.clio.com``. Since every request
+carries the bearer token, and Clio says to send it only to ``*.clio.com``:
+
+- without a ``host`` override, a ``next`` URL on the API origin or on ``https://clio.com`` /
+  ``https://*.clio.com`` (default port) is followed as is;
+- with a ``host`` override (a proxy, an emulator), Clio's ``next`` still names Clio's host, which this
+  deployment must not (or cannot) reach directly: a ``next`` URL on ``*.clio.com`` or on the override's own
+  origin is rewritten onto the override base, keeping its path and query byte for byte;
+- anything else (plain http, a foreign host, another port) is refused.
 """
 
 from __future__ import annotations
@@ -53,6 +63,21 @@ def same_origin(url: str, base_url: str) -> bool:
     return origin(url) == origin(base_url) and bool(origin(url)[1])
 
 
+def is_clio_https(url: str) -> bool:
+    """Tell whether ``url`` is ``https`` on ``clio.com`` or a subdomain of it, on the default port."""
+    scheme, host, port = origin(url)
+    return scheme == "https" and port == 443 and (host == "clio.com" or host.endswith(".clio.com"))
+
+
+def token_allowed(url: str, base_url: str, *, host_override: bool) -> bool:
+    """
+    Tell whether a request to ``url`` may carry the bearer token of an API at ``base_url``.
+
+    Always on the API origin; without a ``host`` override also on ``https://*.clio.com`` (Clio's rule).
+    """
+    return same_origin(url, base_url) or (not host_override and is_clio_https(url))
+
+
 def page_token_of(url: str) -> str | None:
     """Return the ``page_token`` query value of ``url``, if any."""
     values = parse_qs(urlsplit(url).query).get("page_token")
@@ -84,24 +109,40 @@ def page_records(body: Any, url: str) -> list[dict[str, Any]]:
 
 class CursorTracker:
     """
-    Guard one pagination run: every URL stays on the API origin and none is fetched twice.
+    Guard one pagination run: every URL goes where the token may go, and none is fetched twice.
 
-    :param base_url: The API base URL; ``next`` URLs must share its scheme, host and port.
+    :param base_url: The API base URL (Clio's, or the connection's ``host`` override).
+    :param host_override: ``base_url`` comes from the connection's ``host`` (a proxy or an emulator):
+        ``next`` URLs naming Clio's hosts are rewritten onto it instead of being followed there.
     """
 
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
+    def __init__(self, base_url: str, *, host_override: bool = False) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.host_override = host_override
         self._urls: set[str] = set()
         self._tokens: set[str] = set()
 
+    def resolve(self, url: str, *, what: str = "next URL") -> str:
+        """Return the URL to request for ``url`` (see the module docstring), or raise ClioPaginationError."""
+        if self.host_override:
+            if same_origin(url, self.base_url):
+                return url
+            if is_clio_https(url):
+                # The proxy fronts Clio: keep Clio's path and query exactly, swap only scheme and host.
+                parts = urlsplit(url)
+                return f"{self.base_url}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        elif token_allowed(url, self.base_url, host_override=False):
+            return url
+        scheme, host, port = origin(url)
+        clio = "an https://*.clio.com URL to rewrite onto it" if self.host_override else "https://*.clio.com"
+        raise ClioPaginationError(
+            f"refusing to follow a {what} on {scheme}://{host}:{port}: it is neither the API host "
+            f"{self.base_url} nor {clio}, and the request would carry the access token there"
+        )
+
     def check_origin(self, url: str, *, what: str = "next URL") -> None:
-        """Refuse ``url`` unless it is on the API origin (the bearer token must not go anywhere else)."""
-        if not same_origin(url, self.base_url):
-            scheme, host, port = origin(url)
-            raise ClioPaginationError(
-                f"refusing to follow a {what} on {scheme}://{host}:{port}: it is not the API host "
-                f"{self.base_url}, and the request would carry the access token there"
-            )
+        """Refuse ``url`` unless :meth:`resolve` accepts it (the bearer token must not go anywhere else)."""
+        self.resolve(url, what=what)
 
     def visit(self, url: str) -> None:
         """Record that ``url`` is about to be fetched; raise ClioPaginationError if this run saw it before."""
@@ -116,14 +157,12 @@ class CursorTracker:
             self._tokens.add(token)
 
     def follow(self, body: Mapping[str, Any], current_url: str) -> str | None:
-        """Return the checked ``next`` URL of ``body`` (resolved against ``current_url``), or ``None``."""
+        """Return the URL to request for ``body``'s ``next`` link (see :meth:`resolve`), or ``None``."""
         link = next_link(body)
         if link is None:
             return None
         # Clio sends absolute URLs, which urljoin returns unchanged; a relative one resolves like a browser.
-        url = urljoin(current_url, link)
-        self.check_origin(url)
-        return url
+        return self.resolve(urljoin(current_url, link))
 
 
 def _short(url: str, limit: int = 200) -> str:

@@ -15,6 +15,7 @@ from airflow_provider_clio.pagination import (
     page_records,
     page_token_of,
     same_origin,
+    token_allowed,
 )
 
 BASE = "https://api.clio.com"
@@ -95,11 +96,79 @@ def test_tracker_resolves_a_relative_next_against_the_current_page() -> None:
     assert tracker.follow(body, f"{BASE}/grow/contacts") == f"{BASE}/grow/contacts?page_token=t2"
 
 
-def test_tracker_refuses_a_foreign_next_url() -> None:
-    tracker = CursorTracker(BASE)
-    body = {"meta": {"paging": {"next": "https://grow.clio.com/api/v2/contacts?page_token=t"}}}
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.clio.com/grow/contacts?page_token=t",
+        "http://grow.clio.com/api/v2/contacts?page_token=t",
+        "https://grow.clio.com:8443/api/v2/contacts?page_token=t",
+        "https://evilclio.com/grow/contacts?page_token=t",
+        "https://api.clio.com.evil.example/grow/contacts?page_token=t",
+        "https://evil.example/grow/contacts?page_token=t",
+    ],
+)
+@pytest.mark.parametrize("host_override", [False, True])
+def test_tracker_refuses_a_foreign_next_url(url: str, host_override: bool) -> None:
+    base = "https://clio-proxy.example.com/clio" if host_override else BASE
+    tracker = CursorTracker(base, host_override=host_override)
+    body = {"meta": {"paging": {"next": url}}}
     with pytest.raises(ClioPaginationError, match="would carry the access token"):
-        tracker.follow(body, f"{BASE}/grow/contacts")
+        tracker.follow(body, f"{base}/grow/contacts")
+    assert not token_allowed(url, base, host_override=host_override)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # The Grow spec's own Paging.next example, on a host other than the API base.
+        "https://grow.clio.com/api/v2/contacts?page_token=t",
+        "https://eu.api.clio.com/grow/contacts?page_token=t",
+        "https://clio.com/grow/contacts?page_token=t",
+        "https://API.Clio.COM:443/grow/contacts?page_token=t",
+    ],
+)
+def test_without_override_a_next_url_on_clio_is_followed_as_is(url: str) -> None:
+    tracker = CursorTracker(BASE)
+    assert tracker.follow({"meta": {"paging": {"next": url}}}, f"{BASE}/grow/contacts") == url
+    assert token_allowed(url, BASE, host_override=False)
+
+
+@pytest.mark.parametrize(
+    ("next_url", "expected"),
+    [
+        (
+            "https://api.clio.com/grow/contacts?fields=id%2Cname&updated_since=2026-01-01T00%3A00%3A00%2B00%3A00"
+            "&page_token=t%3D",
+            "https://clio-proxy.example.com/clio/grow/contacts?fields=id%2Cname"
+            "&updated_since=2026-01-01T00%3A00%3A00%2B00%3A00&page_token=t%3D",
+        ),
+        (
+            "https://grow.clio.com/api/v2/contacts?page_token=t",
+            "https://clio-proxy.example.com/clio/api/v2/contacts?page_token=t",
+        ),
+        # Already on the proxy: followed as is.
+        (
+            "https://clio-proxy.example.com/clio/grow/contacts?page_token=t",
+            "https://clio-proxy.example.com/clio/grow/contacts?page_token=t",
+        ),
+    ],
+)
+def test_with_override_a_clio_next_url_is_rewritten_onto_it(next_url: str, expected: str) -> None:
+    base = "https://clio-proxy.example.com/clio"
+    tracker = CursorTracker(base, host_override=True)
+    assert tracker.follow({"meta": {"paging": {"next": next_url}}}, f"{base}/grow/contacts") == expected
+    # The proxy is the only place the token goes: never Clio's host directly.
+    assert token_allowed(expected, base, host_override=True)
+    assert not token_allowed("https://api.clio.com/grow/contacts", base, host_override=True)
+
+
+def test_a_rewritten_next_url_still_counts_for_loop_detection() -> None:
+    base = "http://127.0.0.1:8765"
+    tracker = CursorTracker(base, host_override=True)
+    first = tracker.resolve("https://api.clio.com/grow/contacts?page_token=a")
+    tracker.visit(first)
+    with pytest.raises(ClioPaginationError, match="pagination loop"):
+        tracker.visit(tracker.resolve("https://grow.clio.com/grow/contacts?page_token=a"))
 
 
 def test_tracker_detects_a_repeated_url() -> None:

@@ -44,7 +44,7 @@ from airflow_provider_clio.exceptions import (
     truncate,
 )
 from airflow_provider_clio.fields import normalize_fields
-from airflow_provider_clio.pagination import CursorTracker, Page, page_records, same_origin
+from airflow_provider_clio.pagination import CursorTracker, Page, page_records, same_origin, token_allowed
 from airflow_provider_clio.rate_limit import (
     RateLimiter,
     RetrySettings,
@@ -340,9 +340,11 @@ class ClioHook(BaseHook):
         """
         Yield the pages of a list endpoint, following ``meta.paging.next`` exactly as the server sends it.
 
-        ``fields`` and ``params`` go into the first request only; later pages use the ``next`` URL as is (it
-        carries them). The iteration stops when ``next`` is absent or null, and raises ClioPaginationError on
-        a loop or a ``next`` URL on another host.
+        ``fields`` and ``params`` go into the first request only; later pages use the ``next`` URL's path
+        and query as is (they carry them). A ``next`` URL on another ``https://*.clio.com`` host is followed
+        there, or, with a ``host`` override, rewritten onto the override (see
+        :mod:`~airflow_provider_clio.pagination`). The iteration stops when ``next`` is absent or null, and
+        raises ClioPaginationError on a loop or a ``next`` URL on any other host.
 
         :param endpoint: The list endpoint, e.g. ``grow/contacts``.
         :param fields: Fields to select, ``["id", "client{id,name}"]`` or ``"id,client{id,name}"``.
@@ -352,10 +354,9 @@ class ClioHook(BaseHook):
         """
         query = self._query(fields, params)
         label = _label(endpoint)
-        tracker = CursorTracker(self.base_url)
+        tracker = CursorTracker(self.base_url, host_override=self.config.host_override)
         if start_url is not None:
-            tracker.check_origin(start_url, what="start URL")
-            url: str | None = start_url
+            url: str | None = tracker.resolve(start_url, what="start URL")
             first_params: dict[str, Any] | None = None
         else:
             url = self._url(endpoint)
@@ -448,8 +449,10 @@ class ClioHook(BaseHook):
         """Limiter (API calls) → bearer token → send → transport errors as ClioTransientError."""
         request_headers = dict(headers or {})
         if token is not None:
-            if not same_origin(url, self.base_url):
-                raise ClioFatalError("refusing to send the access token to a host other than the API base")
+            if not token_allowed(url, self.base_url, host_override=self.config.host_override):
+                raise ClioFatalError(
+                    "refusing to send the access token to a host other than the API base or *.clio.com"
+                )
             request_headers["Authorization"] = f"Bearer {token}"
         if not api:
             return self._transmit(method, url, label=label, params=params, data=data, headers=request_headers)

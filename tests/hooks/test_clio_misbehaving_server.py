@@ -79,6 +79,17 @@ class _Server(ThreadingHTTPServer):
             return 200, json_type, json.dumps(body).encode()
         if page == "/grow/redirect":
             return 302, {"Location": "http://127.0.0.2:9/steal"}, b""
+        if page == "/grow/clio-next":
+            # Clio's next URLs name Clio's hosts, not the proxy the connection's host points at.
+            if "page_token=p2" in path:
+                link = "https://grow.clio.com/api/v2/contacts?fields=id%2Cname&page_token=p3"
+                body = {"data": [{"id": 2}], "meta": {"paging": {"next": link}}}
+            else:
+                link = "https://api.clio.com/grow/clio-next?fields=id%2Cname&page_token=p2"
+                body = {"data": [{"id": 1}], "meta": {"paging": {"next": link}}}
+            return 200, json_type, json.dumps(body).encode()
+        if page == "/api/v2/contacts":
+            return 200, json_type, json.dumps({"data": [{"id": 3}], "meta": {"paging": {}}}).encode()
         if page == "/grow/empty-200":
             return 200, json_type, b""
         if page == "/grow/empty-second-page":
@@ -157,9 +168,28 @@ def test_a_repeated_next_url_is_a_loop(server: _Server, hook: ClioHook) -> None:
 
 
 def test_a_next_url_on_another_host_is_refused(server: _Server, hook: ClioHook) -> None:
-    with pytest.raises(ClioPaginationError, match="not the API host"):
+    with pytest.raises(ClioPaginationError, match="neither the API host"):
         list(hook.paginate("grow/foreign"))
     assert [path for path, _ in server.seen] == ["/grow/foreign"]
+
+
+def test_next_urls_on_clio_hosts_are_rewritten_onto_the_override(server: _Server, hook: ClioHook) -> None:
+    pages = list(hook.iter_pages("grow/clio-next", fields="id,name"))
+    assert [record["id"] for page in pages for record in page.records] == [1, 2, 3]
+    # Path and query exactly as Clio sent them, only the origin swapped for the proxy's; the token went to
+    # the proxy every time and never towards Clio's hosts.
+    assert server.seen == [
+        ("/grow/clio-next?fields=id%2Cname", f"Bearer {ACCESS_TOKEN}"),
+        ("/grow/clio-next?fields=id%2Cname&page_token=p2", f"Bearer {ACCESS_TOKEN}"),
+        ("/api/v2/contacts?fields=id%2Cname&page_token=p3", f"Bearer {ACCESS_TOKEN}"),
+    ]
+    assert pages[0].next_url == f"{server.base}/grow/clio-next?fields=id%2Cname&page_token=p2"
+    # A checkpoint holding Clio's URL resumes through the proxy too.
+    resumed = hook.iter_pages(
+        "grow/clio-next", start_url="https://grow.clio.com/api/v2/contacts?page_token=p3"
+    )
+    assert [page.records for page in resumed] == [[{"id": 3}]]
+    assert server.seen[-1][0] == "/api/v2/contacts?page_token=p3"
 
 
 def test_redirects_are_not_followed(server: _Server, hook: ClioHook) -> None:
