@@ -78,9 +78,11 @@ def connection_region_and_pool(clio_conn_id: str, region: str | None = None) -> 
     Return ``(region, pool)`` for a Clio connection without failing DAG parsing.
 
     The region is ``region`` when given, else the connection's ``region`` extra; the pool is the connection's
-    ``pool`` extra, else ``clio_<region>``. A connection that cannot be read here (no secrets backend at parse
-    time, a missing connection) falls back to the ``us`` region; the task warns at run time if the hook then
-    resolves another pool.
+    ``pool`` extra, else ``clio_<region>``. Extras are read as ``ClioConfig`` reads them (the
+    ``extra__clio__`` prefixed form is a fallback), so the task lands in the pool the hook paces for. A
+    connection that cannot be read here (no secrets backend at parse time, a missing connection) falls back to
+    the ``us`` region; :func:`check_pool_and_region` fails the task at run time if the hook then resolves
+    another pool.
     """
     from airflow_provider_clio.rate_limit import pool_name_for
 
@@ -88,18 +90,52 @@ def connection_region_and_pool(clio_conn_id: str, region: str | None = None) -> 
         raise ClioConfigError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
     extra: Mapping[str, Any] = {}
     try:
-        extra = BaseHook.get_connection(clio_conn_id).extra_dejson
+        extra = BaseHook.get_connection(clio_conn_id).extra_dejson or {}
     except Exception as err:
         log.debug(
             "Could not read connection %r at construction (%s); assuming region 'us'", clio_conn_id, err
         )
-    resolved = str(region or extra.get("region") or DEFAULT_REGION).strip().lower()
-    override = extra.get("pool") or None
-    try:
-        return resolved, pool_name_for(resolved, override)
-    except Exception as err:
-        log.debug("Could not derive the pool for region %r (%s); using the default region", resolved, err)
-        return DEFAULT_REGION, pool_name_for(DEFAULT_REGION, None)
+    connection_region = _connection_extra(extra, "region")
+    if not (isinstance(connection_region, str) and connection_region.strip().lower() in REGIONS):
+        connection_region = DEFAULT_REGION
+    resolved = str(region or connection_region).strip().lower()
+    override = _connection_extra(extra, "pool")
+    return resolved, pool_name_for(resolved, override.strip() if isinstance(override, str) else None)
+
+
+def _connection_extra(extra: Mapping[str, Any], name: str) -> Any:
+    """Read one extra like ``ClioConfig`` does: ``name``, else ``extra__clio__<name>``; empty is unset."""
+    from airflow_provider_clio.config import EXTRA_PREFIX
+
+    value = extra.get(name)
+    if value is None or value == "":
+        value = extra.get(EXTRA_PREFIX + name)
+    return None if value == "" else value
+
+
+def check_pool_and_region(
+    task: BaseOperator, hook: ClioHook, clio_conn_id: str, explicit_region: str | None
+) -> None:
+    """
+    Fail when the task would not be counted in the pool its hook paces for.
+
+    One pool slot is worth a fixed request rate only if every Clio task of an application and region runs in
+    that region's pool; a task in another pool, or pacing for another region than the one it names, would
+    break the rate guarantee silently, so it is a configuration error, not a warning.
+    """
+    if explicit_region is not None and explicit_region.strip().lower() != hook.region:
+        raise ClioConfigError(
+            f"Task {task.task_id!r} names region {explicit_region!r} but connection {clio_conn_id!r} is in "
+            f"region {hook.region!r} (the hook's requests count against that region's limit and pool "
+            f"{hook.pool_name!r}): drop region= or use a connection of region {explicit_region!r}"
+        )
+    if task.pool != hook.pool_name:
+        raise ClioConfigError(
+            f"Task {task.task_id!r} runs in pool {task.pool!r} but connection {clio_conn_id!r} paces for "
+            f"pool {hook.pool_name!r} (region {hook.region!r}): every task of one Clio application and "
+            "region must share that region's pool, or the rate limit is not held. Drop pool= (the default "
+            "is the connection's pool), or set the connection's 'pool' extra to use a custom pool"
+        )
 
 
 def parse_instant(value: Any, name: str) -> datetime | None:
@@ -427,7 +463,8 @@ class ClioBaseOperator(BaseOperator):
         to the run's ``data_interval_end`` when ``updated_since`` is set and the interval end is later.
     :param clio_conn_id: The Clio connection.
     :param region: Clio region (``us``, ``ca``, ``eu``, ``au``); default: the connection's ``region`` extra.
-        Picks the default pool ``clio_<region>``.
+        Picks the default pool ``clio_<region>`` and the lineage URI; the task fails if it is not the
+        connection's region (the hook always uses the connection's).
     :param token_store: Where the hook keeps rotated OAuth tokens; default: the hook's Variable store.
     :param request_retry: The hook's in-request retry policy (``RetrySettings``); default: the hook's (waits
         of 1, 2, 4, 8, 16 s). When it is spent, the task-level retry takes over and resumes.
@@ -467,12 +504,13 @@ class ClioBaseOperator(BaseOperator):
         self.updated_until = updated_until
         self.clio_conn_id = clio_conn_id
         self.region = resolved_region
+        self.explicit_region = region
         self.token_store = token_store
         self.request_retry = request_retry
         self._summary: dict[str, Any] | None = None
 
     def get_hook(self) -> ClioHook:
-        """Return a hook pacing at this task's pool slots, warning when its pool is not this task's pool."""
+        """Return a hook pacing at this task's pool slots; fail when it paces for another pool or region."""
         from airflow_provider_clio.hooks.clio import ClioHook
 
         kwargs: dict[str, Any] = {"pool_slots": self.pool_slots}
@@ -481,14 +519,7 @@ class ClioBaseOperator(BaseOperator):
         if self.request_retry is not None:
             kwargs["retry"] = self.request_retry
         hook = ClioHook(self.clio_conn_id, **kwargs)
-        if self.pool != hook.pool_name:
-            self.log.warning(
-                "Task runs in pool %r but connection %r paces for pool %r: the rate limit is only held when "
-                "every Clio task of a region shares that region's pool",
-                self.pool,
-                self.clio_conn_id,
-                hook.pool_name,
-            )
+        check_pool_and_region(self, hook, self.clio_conn_id, self.explicit_region)
         return hook
 
     def build_plan(self, context: Context, required: Iterable[str] = ()) -> ExtractionPlan:

@@ -19,6 +19,7 @@ from airflow_provider_clio.exceptions import ClioConfigError, ClioFatalError
 from airflow_provider_clio.operators.base import (
     RESERVED_QUERY_PARAMS,
     apply_task_defaults,
+    check_pool_and_region,
     connection_region_and_pool,
     parse_instant,
 )
@@ -48,7 +49,8 @@ class ClioRecordsSensor(BaseSensorOperator):
     :param query_params: Extra filters such as ``{"ids[]": [7]}`` (templated); ``fields`` is always ``id``.
     :param updated_since: Only count records with ``updated_at`` at or after this instant (templated).
     :param clio_conn_id: The Clio connection.
-    :param region: Clio region; default: the connection's ``region`` extra. Picks the default pool.
+    :param region: Clio region; default: the connection's ``region`` extra. Picks the default pool; the task
+        fails if it is not the connection's region.
     :param token_store: Where rotated OAuth tokens are kept (poke and reschedule modes only: the triggerer
         always uses the default Variable store); default: the hook's.
     :param deferrable: Wait in the triggerer instead of a worker; default ``[operators] default_deferrable``.
@@ -82,6 +84,7 @@ class ClioRecordsSensor(BaseSensorOperator):
         self.updated_since = updated_since
         self.clio_conn_id = clio_conn_id
         self.region = resolved_region
+        self.explicit_region = region
         self.token_store = token_store
         self.deferrable = deferrable
 
@@ -102,20 +105,14 @@ class ClioRecordsSensor(BaseSensorOperator):
         return params
 
     def get_hook(self) -> ClioHook:
-        """Return a hook pacing at this task's pool slots."""
+        """Return a hook pacing at this task's pool slots; fail when it paces for another pool or region."""
         from airflow_provider_clio.hooks.clio import ClioHook
 
         kwargs: dict[str, Any] = {"pool_slots": self.pool_slots}
         if self.token_store is not None:
             kwargs["token_store"] = self.token_store
         hook = ClioHook(self.clio_conn_id, **kwargs)
-        if self.pool != hook.pool_name:
-            self.log.warning(
-                "Sensor runs in pool %r but connection %r paces for pool %r",
-                self.pool,
-                self.clio_conn_id,
-                hook.pool_name,
-            )
+        check_pool_and_region(self, hook, self.clio_conn_id, self.explicit_region)
         return hook
 
     def poke(self, context: Context) -> bool:

@@ -380,19 +380,20 @@ def test_defaults_pool_retries_and_policy(
         "destination",
     }
 
-    # User arguments and DAG default_args win over the operator's defaults.
+    # User arguments and DAG default_args win over the operator's defaults (a pool or region other than the
+    # connection's then fails at run time: see test_a_pool_or_region_the_hook_does_not_pace_for_fails).
     custom = ClioExtractOperator(
         task_id="u",
         clio_conn_id=eu_conn,
-        region="au",
+        region="eu",
         endpoint="grow/contacts",
         destination="file:///tmp/{{ ds }}",
-        pool="mine",
+        pool="clio_eu",
         retries=1,
         retry_policy=None,
     )
-    assert (custom.region, custom.pool, custom.retries, custom.retry_policy) == ("au", "mine", 1, None)
-    assert custom.inlets == [Asset("clio://au/grow/contacts")]
+    assert (custom.region, custom.pool, custom.retries, custom.retry_policy) == ("eu", "clio_eu", 1, None)
+    assert custom.inlets == [Asset("clio://eu/grow/contacts")]
     assert custom.outlets == []
     with DAG(
         "defaults", schedule=None, default_args={"retries": 2, "retry_delay": datetime.timedelta(seconds=1)}
@@ -424,15 +425,36 @@ def test_defaults_pool_retries_and_policy(
         ).pool
         == "clio_shared"
     )
+    # The extra__clio__ prefixed extras the hook honours pick the region and pool at parse time too.
+    conn_id = "clio_prefixed_extras"
+    conn = emu.connection(region="us")
+    conn["extra"] = {"extra__clio__region": "eu", "extra__clio__pool": "clio_eu_team"}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    prefixed = ClioExtractOperator(
+        task_id="x", clio_conn_id=conn_id, endpoint="grow/contacts", destination="file:///tmp/x"
+    )
+    assert (prefixed.region, prefixed.pool) == ("eu", "clio_eu_team")
+    assert prefixed.inlets == [Asset("clio://eu/grow/contacts")]
 
 
-def test_warns_when_the_task_pool_is_not_the_connections_pool(
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pool": "default_pool"}, r"runs in pool 'default_pool' but connection .* paces for pool 'clio_us'"),
+        ({"region": "eu"}, r"names region 'eu' but connection .* is in region 'us'"),
+        ({"region": "eu", "pool": "clio_us"}, r"names region 'eu'"),
+    ],
+    ids=["pool", "region", "region-with-the-right-pool"],
+)
+def test_a_pool_or_region_the_hook_does_not_pace_for_fails(
     emu: ClioEmulator,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     support: ModuleType,
-    capsys: pytest.CaptureFixture[str],
+    kwargs: dict[str, Any],
+    message: str,
 ) -> None:
+    # The hook always paces for the connection's region and pool: a task counted elsewhere breaks the limit.
     conn_id = support.clio_connection(monkeypatch, emu)
     op = ClioExtractOperator(
         task_id="t",
@@ -440,12 +462,27 @@ def test_warns_when_the_task_pool_is_not_the_connections_pool(
         endpoint="grow/matters",
         fields=["id"],
         destination=f"file://{tmp_path}/w",
-        pool="default_pool",
         token_store=MemoryTokenStore(),
+        **kwargs,
     )
-    op.execute({})
-    # Operator logs go through Airflow's structlog task logger (stdout here), not the logging module.
-    assert "paces for pool 'clio_us'" in capsys.readouterr().out
+    with pytest.raises(ClioConfigError, match=message) as caught:
+        op.execute({})
+    assert emu.count(path_prefix="/grow") == 0
+    if "pool" in kwargs and "region" not in kwargs:
+        assert "set the connection's 'pool' extra to use a custom pool" in caught.value.message
+
+    # A custom pool is fine once the connection names it: task and hook agree.
+    custom = support.clio_connection(monkeypatch, emu, pool="mine")
+    summary = ClioExtractOperator(
+        task_id="c",
+        clio_conn_id=custom,
+        endpoint="grow/matters",
+        fields=["id"],
+        destination=f"file://{tmp_path}/c",
+        pool="mine",
+        token_store=MemoryTokenStore(),
+    ).execute({})
+    assert summary["records"] == 260
 
 
 @pytest.mark.parametrize(

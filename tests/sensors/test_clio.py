@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,6 +103,48 @@ def test_defaults_and_argument_checks(
     with pytest.raises(ClioConfigError, match="query_params must not set fields"):
         bad.poke({})
     assert emu.count(path_prefix="/grow") == 0
+
+
+def test_a_pool_or_region_the_hook_does_not_pace_for_fails(
+    emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    conn_id = support.clio_connection(monkeypatch, emu, region="ca")
+    other_pool = ClioRecordsSensor(
+        task_id="p",
+        clio_conn_id=conn_id,
+        endpoint="grow/matters",
+        pool="mine",
+        token_store=MemoryTokenStore(),
+    )
+    with pytest.raises(
+        ClioConfigError, match=r"runs in pool 'mine' but connection .* paces for pool 'clio_ca'"
+    ):
+        other_pool.poke({})
+    other_region = ClioRecordsSensor(
+        task_id="r",
+        clio_conn_id=conn_id,
+        endpoint="grow/matters",
+        region="us",
+        token_store=MemoryTokenStore(),
+    )
+    with pytest.raises(ClioConfigError, match=r"names region 'us' but connection .* is in region 'ca'"):
+        other_region.poke({})
+    deferring = ClioRecordsSensor(
+        task_id="d", clio_conn_id=conn_id, endpoint="grow/matters", pool="mine", deferrable=True
+    )
+    with pytest.raises(ClioConfigError, match="paces for pool 'clio_ca'"):
+        deferring.execute({})
+    assert emu.count(path_prefix="/grow") == 0
+
+    # Prefixed extras, as the hook reads them, pick the region and the pool at parse time.
+    prefixed = "clio_sensor_prefixed"
+    conn = emu.connection(region="eu")
+    conn["extra"] = {"extra__clio__region": "eu", "extra__clio__pool": "clio_eu_team"}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{prefixed.upper()}", json.dumps(conn))
+    sensor = ClioRecordsSensor(
+        task_id="x", clio_conn_id=prefixed, endpoint="grow/matters", token_store=MemoryTokenStore()
+    )
+    assert (sensor.region, sensor.pool) == ("eu", "clio_eu_team")
 
 
 def test_execute_complete_handles_both_events() -> None:
