@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 from airflow.sdk.log import mask_secret
 
@@ -440,6 +440,10 @@ class TokenManager:
         self._tokens: TokenSet | None = None
         self._lifetime: float | None = None
         self._unsaved: TokenSet | None = None
+        # Refresh tokens this manager knows are dead: it rotated them away itself (Clio revoked them the
+        # moment it answered). A stored pair holding one is older than what this process holds (typically
+        # because saving the rotation failed) and must never replace it.
+        self._revoked: set[str] = set()
         self.refreshes = 0
         """Successful refreshes this manager made (not counting tokens adopted from other processes)."""
 
@@ -463,7 +467,7 @@ class TokenManager:
                 return tokens.access_token  # type: ignore[return-value]  # _usable checked it
             # Before spending our refresh token, see whether another process already refreshed.
             stored = self._load()
-            if stored is not None and self._usable(stored):
+            if self._adoptable(stored) and self._usable(stored):
                 self._tokens = stored
                 return stored.access_token  # type: ignore[return-value]
             return self._refresh(rejected=None)
@@ -475,11 +479,12 @@ class TokenManager:
         Refreshes once, unless another thread or process already replaced the rejected token.
         """
         with self._lock:
+            self._retry_unsaved()
             tokens = self._current()
             if tokens.access_token and tokens.access_token != rejected and self._usable(tokens):
                 return tokens.access_token  # another thread of this process refreshed meanwhile
             stored = self._load()
-            if stored is not None and stored.access_token != rejected and self._usable(stored):
+            if self._adoptable(stored) and stored.access_token != rejected and self._usable(stored):
                 self._tokens = stored
                 return stored.access_token  # type: ignore[return-value]
             return self._refresh(rejected=rejected)
@@ -543,6 +548,10 @@ class TokenManager:
             log.warning("Could not read the stored Clio tokens of %s: %s", self.conn_id, type(exc).__name__)
             return None
 
+    def _adoptable(self, stored: TokenSet | None) -> TypeGuard[TokenSet]:
+        """Tell whether a stored pair may replace ours: not one whose refresh token we rotated away."""
+        return stored is not None and stored.refresh_token not in self._revoked
+
     def _usable(self, tokens: TokenSet) -> bool:
         if not tokens.access_token:
             return False
@@ -564,7 +573,7 @@ class TokenManager:
             current = self._current()
             # Whoever held the lock before us may have refreshed already: use their tokens if they are newer.
             stored = self._load()
-            if stored is not None and stored.refresh_token != current.refresh_token:
+            if self._adoptable(stored) and stored.refresh_token != current.refresh_token:
                 self._tokens = current = stored
                 if stored.access_token != rejected and self._usable(stored):
                     return stored.access_token  # type: ignore[return-value]
@@ -588,13 +597,19 @@ class TokenManager:
         response = self._post(self.token_url, form)
         data = self._parse(response)
         if data is not None:
+            rotated = data.get("refresh_token")
+            if isinstance(rotated, str) and rotated and rotated != refresh_token:
+                self._revoked.add(refresh_token)  # Clio revoked it the moment it answered
             tokens = self._tokens_from(data, previous_refresh=refresh_token, issued_at=issued_at)
-            self._persist(tokens)
+            saved = self._persist(tokens)
             self.refreshes += 1
             log.info(
-                "Refreshed the Clio access token of connection %s (valid %.0f s); stored the rotated pair.",
+                "Refreshed the Clio access token of connection %s (valid %.0f s); %s",
                 self.conn_id,
                 (tokens.expires_at - issued_at) if tokens.expires_at is not None else float("nan"),
+                "stored the rotated pair."
+                if saved
+                else "the rotated pair is NOT stored yet (kept in memory, the save is retried).",
             )
             return tokens
         error, message = self._error(response, secrets=(refresh_token,))
@@ -614,7 +629,7 @@ class TokenManager:
         )
         for attempt in range(polls + 1):
             stored = self._load()
-            if stored is not None and stored.refresh_token not in tried:
+            if self._adoptable(stored) and stored.refresh_token not in tried:
                 log.info(
                     "Another process refreshed the Clio tokens of %s first; using its tokens.", self.conn_id
                 )
@@ -626,7 +641,8 @@ class TokenManager:
                 self._sleep(self.poll_interval)
         # Last resort: a person may have put a fresh refresh token into the connection after the stored one
         # was written. Trying it costs nothing: everything else has already been rejected.
-        if self._initial.refresh_token and self._initial.refresh_token not in tried:
+        initial = self._initial.refresh_token
+        if initial and initial not in tried and initial not in self._revoked:
             log.warning(
                 "The stored Clio refresh token of %s was rejected; trying the one in the connection.",
                 self.conn_id,
@@ -640,7 +656,8 @@ class TokenManager:
             endpoint="oauth/token",
         )
 
-    def _persist(self, tokens: TokenSet) -> None:
+    def _persist(self, tokens: TokenSet) -> bool:
+        """Use ``tokens`` from now on and try to store them; return whether the store has them."""
         self._tokens = tokens
         try:
             self.store.save(self.conn_id, tokens)
@@ -655,8 +672,9 @@ class TokenManager:
                 self.conn_id,
                 type(exc).__name__,
             )
-        else:
-            self._unsaved = None
+            return False
+        self._unsaved = None
+        return True
 
     def _retry_unsaved(self) -> None:
         if self._unsaved is not None and self._unsaved is self._tokens:

@@ -500,6 +500,39 @@ def test_a_failed_save_keeps_the_new_tokens_and_is_retried(clio, caplog):
     assert store.load("clio_flaky").access_token == token
 
 
+@pytest.mark.parametrize("after_401", [False, True])
+def test_a_failed_save_never_brings_back_the_rotated_away_refresh_token(clio, caplog, after_401):
+    # The store still holds R1 after the R1 -> R2 rotation failed to save, and keeps failing for a while.
+    # Adopting R1 again (it differs from ours, so it looked "newer") would present a revoked token and
+    # throw away R2, the only refresh token Clio still accepts.
+    clock = Clock()
+    conn_id = "clio_save_outage"
+    r1 = clio.fresh()
+    store = FailingStore(fail=2)
+    MemoryTokenStore.save(store, conn_id, TokenSet(r1.access_token, r1.refresh_token, clock.now + 100))
+    tm = clio.manager(store, TokenSet(None, "connection-token-long-gone", None), conn_id=conn_id, clock=clock)
+    with caplog.at_level(logging.INFO):
+        a2 = tm.access_token()  # A1 expires within the margin: R1 -> R2, the save fails
+    assert tm.refreshes == 1
+    assert store.load(conn_id).refresh_token == r1.refresh_token
+    assert "stored the rotated pair" not in caplog.text
+    assert "NOT stored yet" in caplog.text
+
+    clock.now += 86400  # a day later; the first retried save fails too
+    if after_401:
+        clio.emu.expire_access_tokens()
+        a3 = tm.refresh_after_401(a2)
+    else:
+        a3 = tm.access_token()
+    assert clio.api_status(a3) == 200
+    assert tm.refreshes == 2
+    assert clio.token_calls(400) == 0  # R1 was never presented again
+    # The store ends with the newest pair, whose refresh token Clio still accepts.
+    newest = store.load(conn_id)
+    assert newest.access_token == a3
+    assert _direct_refresh(clio, newest.refresh_token).status_code == 200
+
+
 def test_exchange_code_fails_loudly_when_the_tokens_cannot_be_stored(clio, caplog):
     tm = clio.manager(FailingStore(fail=1), TokenSet(None, "", None), conn_id="clio_onboard_fail")
     with pytest.raises(ClioAuthError, match=r"storing them failed \(OSError\); nothing was saved") as excinfo:
