@@ -54,6 +54,8 @@ class ClioRecordsSensor(BaseSensorOperator):
     :param token_store: Where rotated OAuth tokens are kept (poke and reschedule modes only: the triggerer
         always uses the default Variable store); default: the hook's.
     :param deferrable: Wait in the triggerer instead of a worker; default ``[operators] default_deferrable``.
+    :param mode: ``reschedule`` by default (unless deferrable): a ``poke``-mode sensor would hold a worker
+        and a pool slot worth one request per second while it sends one request per ``poke_interval``.
     """
 
     template_fields: Sequence[str] = ("endpoint", "query_params", "updated_since")
@@ -78,6 +80,9 @@ class ClioRecordsSensor(BaseSensorOperator):
             raise ClioConfigError("token_store cannot be combined with deferrable=True (default store only)")
         resolved_region, pool = connection_region_and_pool(clio_conn_id, region)
         apply_task_defaults(kwargs, {"pool": pool})
+        if not deferrable:
+            # A poke-mode sensor holds a pool slot (1 request/s) while using one request per poke_interval.
+            apply_task_defaults(kwargs, {"mode": "reschedule"})
         super().__init__(**kwargs)
         self.endpoint = endpoint
         self.query_params = dict(query_params) if query_params else {}
@@ -138,6 +143,8 @@ class ClioRecordsSensor(BaseSensorOperator):
                 clio_conn_id=self.clio_conn_id,
                 poke_interval=self.poke_interval,
                 pool_slots=self.pool_slots,
+                # The check above was this slot's request: the trigger's first poll waits a full interval.
+                first_poll_delay=self.poke_interval,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout) if self.timeout else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -34,6 +34,9 @@ class ClioRecordsTrigger(BaseTrigger):
     :param clio_conn_id: The Clio connection.
     :param poke_interval: Seconds between polls.
     :param pool_slots: Pool slots of the deferring task; the hook paces at this share of the rate limit.
+    :param first_poll_delay: Seconds to wait before the first poll. The deferring sensor has just checked once
+        in the worker, so it passes ``poke_interval``: polling at once would send a second request within a
+        moment of the first on the same pool slot. Default 0 (poll at once).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class ClioRecordsTrigger(BaseTrigger):
         clio_conn_id: str = "clio_default",
         poke_interval: float = 60.0,
         pool_slots: int = 1,
+        first_poll_delay: float = 0.0,
     ) -> None:
         super().__init__()
         self.endpoint = endpoint
@@ -51,6 +55,9 @@ class ClioRecordsTrigger(BaseTrigger):
         self.clio_conn_id = clio_conn_id
         self.poke_interval = float(poke_interval)
         self.pool_slots = int(pool_slots)
+        self.first_poll_delay = max(float(first_poll_delay), 0.0)
+        # Injectable for tests; not serialized.
+        self._sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and keyword arguments the triggerer rebuilds this trigger from."""
@@ -62,6 +69,7 @@ class ClioRecordsTrigger(BaseTrigger):
                 "clio_conn_id": self.clio_conn_id,
                 "poke_interval": self.poke_interval,
                 "pool_slots": self.pool_slots,
+                "first_poll_delay": self.first_poll_delay,
             },
         )
 
@@ -78,6 +86,8 @@ class ClioRecordsTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until records exist (success event) or a poll fails for good (error event)."""
         polls = 0
+        if self.first_poll_delay:
+            await self._sleep(self.first_poll_delay)
         try:
             # Reading the connection and the token store is blocking I/O: keep it off the event loop.
             hook = await asyncio.to_thread(self._make_hook)
@@ -101,7 +111,7 @@ class ClioRecordsTrigger(BaseTrigger):
                     )
                     return
                 self.log.info("No records in %s yet (poll %d)", self.endpoint, polls)
-            await asyncio.sleep(self.poke_interval)
+            await self._sleep(self.poke_interval)
 
     def _error(self, err: BaseException) -> TriggerEvent:
         # Clio errors carry messages already scrubbed of tokens; others are reported by type and text.

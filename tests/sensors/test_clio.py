@@ -90,7 +90,12 @@ def test_defaults_and_argument_checks(
     sensor = ClioRecordsSensor(task_id="s", clio_conn_id=conn_id, endpoint="grow/matters")
     assert sensor.pool == "clio_ca"
     assert sensor.deferrable is False  # [operators] default_deferrable
-    assert sensor.mode == "poke"
+    # Reschedule by default: poke mode would hold a pool slot worth 1 request/s between pokes.
+    assert sensor.mode == "reschedule"
+    assert ClioRecordsSensor(task_id="k", clio_conn_id=conn_id, endpoint="x", mode="poke").mode == "poke"
+    assert ClioRecordsSensor(task_id="e", clio_conn_id=conn_id, endpoint="x", deferrable=True).mode == "poke"
+    with DAG("sensor_defaults", schedule=None, default_args={"mode": "poke"}):
+        assert ClioRecordsSensor(task_id="f", clio_conn_id=conn_id, endpoint="x").mode == "poke"
     assert set(sensor.template_fields) == {"endpoint", "query_params", "updated_since"}
     assert ClioRecordsSensor(task_id="p", clio_conn_id=conn_id, endpoint="x", pool="mine").pool == "mine"
     with pytest.raises(ClioConfigError, match="token_store cannot be combined with deferrable"):
@@ -180,6 +185,8 @@ def test_deferrable_execute_checks_once_then_defers(
         "clio_conn_id": conn_id,
         "poke_interval": 30.0,
         "pool_slots": 2,
+        # The task's own check was this slot's request: the trigger waits a full interval first.
+        "first_poll_delay": 30.0,
     }
     assert deferred.value.method_name == "execute_complete"
     assert deferred.value.timeout == datetime.timedelta(seconds=600)

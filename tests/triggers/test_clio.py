@@ -53,7 +53,9 @@ def test_serialize_round_trip() -> None:
         "clio_conn_id": "clio_x",
         "poke_interval": 45.0,
         "pool_slots": 2,
+        "first_poll_delay": 0.0,
     }
+    assert _trigger("clio_x", first_poll_delay=45).serialize()[1]["first_poll_delay"] == 45.0
 
 
 async def test_success_when_records_exist(
@@ -92,6 +94,28 @@ async def test_polls_in_a_thread_until_records_appear(
     assert event.payload["polls"] == 2
     assert event.payload["records"] == 1
     assert ticks >= 20  # the loop kept running while a poll waited for its turn
+    assert emu.count(path_prefix="/grow") == 2
+
+
+async def test_first_poll_waits_the_first_poll_delay(
+    airflow_db: Path, emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    # The deferring sensor has just checked once: an immediate poll would be a second request on its slot.
+    conn_id = support.clio_connection(monkeypatch, emu)
+    trigger = _trigger(conn_id, poke_interval=30, first_poll_delay=30)
+    sleeps: list[tuple[float, int]] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        sleeps.append((seconds, emu.count(path_prefix="/grow")))
+        if len(sleeps) == 2:
+            emu.touch("matters", [9], at=FUTURE)
+
+    trigger._sleep = recording_sleep
+    event = await _first_event(trigger)
+    assert event.payload["status"] == "success"
+    assert event.payload["polls"] == 2
+    # Waited a full interval before the first request, and between the two polls.
+    assert sleeps == [(30.0, 0), (30.0, 1)]
     assert emu.count(path_prefix="/grow") == 2
 
 
