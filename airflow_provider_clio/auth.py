@@ -40,6 +40,7 @@ from airflow_provider_clio.exceptions import (
     ClioConfigError,
     ClioError,
     ClioRateLimitError,
+    ClioTokenRaceError,
     ClioTransientError,
     error_message,
 )
@@ -441,9 +442,11 @@ class TokenManager:
         self._lifetime: float | None = None
         self._unsaved: TokenSet | None = None
         # Refresh tokens this manager knows are dead: it rotated them away itself (Clio revoked them the
-        # moment it answered). A stored pair holding one is older than what this process holds (typically
-        # because saving the rotation failed) and must never replace it.
+        # moment it answered) or Clio rejected them. A stored pair holding one is older than what this process
+        # holds (typically because saving the rotation failed) and must never replace it.
         self._revoked: set[str] = set()
+        # The store held a refresh token other than the connection's: the connection's was rotated away.
+        self._chain_moved = False
         self.refreshes = 0
         """Successful refreshes this manager made (not counting tokens adopted from other processes)."""
 
@@ -542,11 +545,18 @@ class TokenManager:
 
     def _load(self) -> TokenSet | None:
         try:
-            return self.store.load(self.conn_id)
+            stored = self.store.load(self.conn_id)
         except Exception as exc:
             # A store outage must not stop a task that still holds usable tokens; the refresh path copes.
             log.warning("Could not read the stored Clio tokens of %s: %s", self.conn_id, type(exc).__name__)
             return None
+        if (
+            stored is not None
+            and stored.refresh_token
+            and stored.refresh_token != self._initial.refresh_token
+        ):
+            self._chain_moved = True
+        return stored
 
     def _adoptable(self, stored: TokenSet | None) -> TypeGuard[TokenSet]:
         """Tell whether a stored pair may replace ours: not one whose refresh token we rotated away."""
@@ -577,16 +587,25 @@ class TokenManager:
                 self._tokens = current = stored
                 if stored.access_token != rejected and self._usable(stored):
                     return stored.access_token  # type: ignore[return-value]
-            tokens = self._refresh_with(current.refresh_token, tried=set())
+            # A token the store holds is visible to every worker, so one of them may spend it at the same
+            # moment (VariableTokenStore has no inter-process lock): a rejection of it may be a lost race.
+            shared = stored.refresh_token if stored is not None else None
+            tokens = self._refresh_with(current.refresh_token, tried=set(), shared=shared)
             return tokens.access_token  # type: ignore[return-value]  # token responses always carry one
 
-    def _refresh_with(self, refresh_token: str, *, tried: set[str]) -> TokenSet:
+    def _refresh_with(self, refresh_token: str, *, tried: set[str], shared: str | None) -> TokenSet:
         if not refresh_token:
             raise ClioAuthError(
                 f"Clio connection {self.conn_id!r} has no refresh token. "
                 + REAUTHORIZE_HINT.format(conn_id=self.conn_id)
             )
         tried.add(refresh_token)
+        if refresh_token in self._revoked:
+            # Clio already rejected it (an earlier attempt of this call or task): presenting a dead token
+            # again could look like token reuse to Clio. Only a newer stored token can help now.
+            return self._recover_from_invalid_grant(
+                "the refresh token was already rejected", status_code=400, tried=tried, shared=shared
+            )
         form = {
             "grant_type": "refresh_token",
             "refresh_token": refresh_token,
@@ -614,12 +633,17 @@ class TokenManager:
             return tokens
         error, message = self._error(response, secrets=(refresh_token,))
         if error == "invalid_grant":
-            return self._recover_from_invalid_grant(message, status_code=response.status_code, tried=tried)
+            self._revoked.add(refresh_token)
+            return self._recover_from_invalid_grant(
+                message, status_code=response.status_code, tried=tried, shared=shared
+            )
         if error == "invalid_client":
             raise self._invalid_client(response.status_code, message)
         raise self._unexpected(response, error, message)
 
-    def _recover_from_invalid_grant(self, message: str, *, status_code: int, tried: set[str]) -> TokenSet:
+    def _recover_from_invalid_grant(
+        self, message: str, *, status_code: int, tried: set[str], shared: str | None
+    ) -> TokenSet:
         # The usual cause: another worker refreshed with the same token a moment ago and is about to save the
         # rotated pair (it may not have yet). Watch the store for a token we have not tried.
         polls = (
@@ -636,18 +660,30 @@ class TokenManager:
                 self._tokens = stored
                 if self._usable(stored):
                     return stored
-                return self._refresh_with(stored.refresh_token, tried=tried)
+                return self._refresh_with(stored.refresh_token, tried=tried, shared=stored.refresh_token)
             if attempt < polls:
                 self._sleep(self.poll_interval)
-        # Last resort: a person may have put a fresh refresh token into the connection after the stored one
-        # was written. Trying it costs nothing: everything else has already been rejected.
+        # Last resort, only while the store never held another token: then the connection's token may be the
+        # only one there is. Once the chain moved on, the connection's token was rotated away, and presenting
+        # a revoked token can make Clio revoke the whole chain (reuse detection), the winner's new token too.
         initial = self._initial.refresh_token
-        if initial and initial not in tried and initial not in self._revoked:
+        if initial and initial not in tried and initial not in self._revoked and not self._chain_moved:
             log.warning(
-                "The stored Clio refresh token of %s was rejected; trying the one in the connection.",
-                self.conn_id,
+                "The Clio refresh token of %s was rejected; trying the one in the connection.", self.conn_id
             )
-            return self._refresh_with(self._initial.refresh_token, tried=tried)
+            return self._refresh_with(initial, tried=tried, shared=None)
+        if shared is not None and shared in tried:
+            # Clio rejected the token every worker reads from the store: the usual cause is another worker
+            # that refreshed with it first and has not stored the rotated pair yet. Let the task retry.
+            raise ClioTokenRaceError(
+                f"Clio rejected the stored refresh token of connection {self.conn_id!r} (invalid_grant: "
+                f"{message}) and no newer token appeared in the token store within "
+                f"{self.invalid_grant_wait:g} s. Most likely another process refreshed with the same token "
+                "and has not stored the new one yet; a retry will pick it up. If this keeps happening, the "
+                "token was revoked: " + REAUTHORIZE_HINT.format(conn_id=self.conn_id),
+                status_code=status_code,
+                endpoint="oauth/token",
+            )
         raise ClioAuthError(
             f"Clio rejected the refresh token of connection {self.conn_id!r} (invalid_grant: {message}) "
             "and no newer token appeared in the token store. "

@@ -103,6 +103,15 @@ class ClioTransientError(ClioRetryableError):
     """Raise for 5xx answers, connection errors, timeouts and truncated or unparsable bodies."""
 
 
+class ClioTokenRaceError(ClioRetryableError):
+    """
+    Raise when Clio rejected a refresh token that other processes could use too, and no newer one appeared.
+
+    Most likely another worker refreshed with the same token and has not stored the rotated pair yet; a
+    later attempt finds it in the token store. If it keeps happening, the token was revoked: authorize again.
+    """
+
+
 class ClioFatalError(ClioError, AirflowFailException):
     """Raise when retrying cannot help: the task fails without using its retries."""
 

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_clio.auth import (
     VARIABLE_KEY_PREFIX,
@@ -32,7 +33,12 @@ from airflow_provider_clio.auth import (
     VariableTokenStore,
     parse_expires_at,
 )
-from airflow_provider_clio.exceptions import ClioAuthError, ClioConfigError
+from airflow_provider_clio.exceptions import (
+    ClioAuthError,
+    ClioConfigError,
+    ClioRetryableError,
+    ClioTokenRaceError,
+)
 
 CLIENT_ID = "clio-auth-tests"
 CLIENT_SECRET = "auth-tests-client-secret-5f1e"
@@ -437,17 +443,63 @@ def test_a_newer_refresh_token_in_the_store_is_used_when_its_access_token_is_not
     assert clio.token_calls(400) == 0  # it never tried the rotated-away token
 
 
-def test_the_connection_refresh_token_is_the_last_resort(clio):
+def test_a_lost_race_with_a_slow_winner_is_retryable_and_the_retry_adopts_the_winner(clio):
+    # VariableTokenStore has no inter-process lock: two workers may spend the stored R1 at once. The loser's
+    # invalid_grant is a lost race, not a dead connection, when the token it presented is the one the store
+    # holds; a winner slower to save than invalid_grant_wait must not fail the loser's task for good.
+    conn_id = "clio_slow_winner"
+    r1 = clio.fresh().refresh_token
+    store = MemoryTokenStore({conn_id: TokenSet(None, r1, None)})
+    # The connection's own token: valid in the emulator here, so presenting it would be visible below.
+    connection_token = clio.fresh().refresh_token
+    sleeps: list[float] = []
+    tm = clio.manager(
+        store,
+        TokenSet(None, connection_token, None),
+        conn_id=conn_id,
+        sleep=sleeps.append,
+        invalid_grant_wait=1.0,
+        poll_interval=0.5,
+    )
+    winner_body = _direct_refresh(clio, r1).json()  # the winner refreshed and has not stored yet
+
+    with pytest.raises(ClioTokenRaceError, match="another process refreshed with the same token") as excinfo:
+        tm.access_token()
+    assert isinstance(excinfo.value, ClioRetryableError)
+    assert not isinstance(excinfo.value, AirflowFailException)
+    assert "airflow clio auth --conn-id clio_slow_winner" in str(excinfo.value)
+    assert r1 not in str(excinfo.value)
+    assert sleeps == [0.5, 0.5]
+    assert clio.token_calls(400) == 1
+    # The store moved on from the connection's token, which was therefore never presented: still valid.
+    assert _direct_refresh(clio, connection_token).status_code == 200
+
+    # Retrying before the winner saved: no second attempt with the rejected token, the same retryable error.
+    with pytest.raises(ClioTokenRaceError):
+        tm.access_token()
+    assert clio.token_calls(400) == 1
+
+    winner = TokenSet(winner_body["access_token"], winner_body["refresh_token"], time.time() + 86400)
+    store.save(conn_id, winner)
+    assert tm.access_token() == winner.access_token
+    assert tm.refreshes == 0
+    assert clio.token_calls(400) == 1
+
+
+def test_a_rotated_away_connection_token_is_not_presented_once_the_store_moved_on(clio):
     conn_id = "clio_fresh_connection"
     stale = clio.fresh()
     _direct_refresh(clio, stale.refresh_token)  # the stored pair was rotated away long ago
     store = MemoryTokenStore({conn_id: TokenSet(None, stale.refresh_token, None)})
-    fresh = TokenSet(None, clio.fresh().refresh_token, None)  # a person pasted a new one into the connection
+    # Whatever the connection holds is older than the store's chain (the store wins); presenting a revoked
+    # token may make Clio revoke the whole chain (reuse detection), so it is not tried as a last resort.
+    connection_token = clio.fresh().refresh_token
 
-    tm = clio.manager(store, fresh, conn_id=conn_id)
-    token = tm.access_token()
-    assert clio.api_status(token) == 200
-    assert store.load(conn_id).access_token == token
+    tm = clio.manager(store, TokenSet(None, connection_token, None), conn_id=conn_id)
+    with pytest.raises(ClioRetryableError):
+        tm.access_token()
+    assert clio.token_calls(400) == 1
+    assert _direct_refresh(clio, connection_token).status_code == 200  # never spent
 
 
 def test_invalid_client_is_a_configuration_error(clio):

@@ -20,6 +20,7 @@ from airflow_provider_clio.exceptions import (
     ClioPermissionError,
     ClioRateLimitError,
     ClioRetryableError,
+    ClioTokenRaceError,
     ClioTransientError,
     error_for_status,
     error_message,
@@ -34,6 +35,7 @@ from airflow_provider_clio.exceptions import (
     [
         (ClioRateLimitError, True),
         (ClioTransientError, True),
+        (ClioTokenRaceError, True),
         (ClioConfigError, False),
         (ClioAuthError, False),
         (ClioPermissionError, False),

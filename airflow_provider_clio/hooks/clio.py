@@ -525,9 +525,11 @@ class ClioHook(BaseHook):
         token = self._access_token()
         response = self._send(method, url, label=label, params=params, headers=headers, token=token)
         if response.status_code == 401 and not state.refreshed:
-            state.refreshed = True
             self.log.info("Clio %s answered 401; refreshing the access token once and resending", label)
             token = self._remember(self.token_manager.refresh_after_401(token))
+            # Only a refresh that happened counts: after a retryable failure (a lost refresh race) the next
+            # attempt must be allowed to refresh again, or its 401 would read as "rejected after a refresh".
+            state.refreshed = True
             response = self._send(method, url, label=label, params=params, headers=headers, token=token)
         return self._classify(response, label=label, allow_not_modified=allow_not_modified)
 

@@ -635,6 +635,53 @@ def test_revoked_refresh_token_is_an_auth_error(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("after_401", [False, True])
+def test_a_lost_refresh_race_is_retried_and_adopts_the_winners_tokens(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime, after_401: bool
+) -> None:
+    # Another worker spends the stored refresh token first and stores the rotated pair only after this
+    # hook's invalid_grant wait is over: the hook backs off and retries instead of failing the task.
+    emu = clio_emulator_factory(records={"contacts": 5}, rate_limit=None)
+    conn = emu.connection()
+    set_conn(monkeypatch, conn)
+    shared = emu.issue_refresh_token("clio-emulator-us")
+    if after_401:
+        access, _ = emu.issue_access_token("clio-emulator-us")
+        emu.expire_access_tokens()  # the stored access token looks valid but answers 401
+        stored = TokenSet(access, shared, datetime.now(timezone.utc).timestamp() + 3600)
+    else:
+        stored = TokenSet(None, shared, None)
+    store = MemoryTokenStore({CONN_ID: stored})
+    form = {"grant_type": "refresh_token", "refresh_token": shared, "client_id": conn["login"]}
+    winner = requests.post(
+        f"{emu.url}/oauth/token", data={**form, "client_secret": conn["password"]}, timeout=5
+    )
+    assert winner.status_code == 200
+    body = winner.json()
+
+    def sleep(seconds: float) -> None:
+        fake_time.sleep(seconds)
+        lost = emu.count(status=400) == 1
+        if lost and seconds != hook.token_manager.poll_interval and store.saves == 0:
+            # The hook's backoff after the lost race: the winner's save lands now.
+            store.save(CONN_ID, TokenSet(body["access_token"], body["refresh_token"], None))
+
+    hook = ClioHook(CONN_ID, token_store=store, clock=fake_time.clock, sleep=sleep)
+    fake_time.now += 1.0  # past the limiter's hand-over window
+    assert len(hook.get("grow/contacts")["data"]) == 5
+    assert hook.stats.retries == 1
+    assert hook.token_manager.refreshes == 0
+    assert emu.count(status=400) == 1  # the shared token was presented once, never again
+    # The connection's own token was not presented as a last resort: it still works.
+    again = requests.post(
+        f"{emu.url}/oauth/token",
+        data={**form, "refresh_token": conn["extra"]["refresh_token"], "client_secret": conn["password"]},
+        timeout=5,
+    )
+    assert again.status_code == 200
+
+
+@pytest.mark.integration
 def test_get_record_and_etags(
     monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
 ) -> None:
