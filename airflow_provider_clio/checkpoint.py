@@ -56,6 +56,7 @@ class Checkpoint:
     :param pages: Pages read so far (only pages whose records are committed count).
     :param key: Identity of the extraction (endpoint, fields, params, interval, target); see :meth:`mismatch`.
     :param rate_limited: 429 answers seen by the tries so far, carried into the final summary.
+    :param sink_state: What the sink must reuse on resume (e.g. the run's Parquet schema); small JSON.
     """
 
     token: str
@@ -65,6 +66,7 @@ class Checkpoint:
     pages: int = 0
     key: dict[str, Any] = field(default_factory=dict)
     rate_limited: int = 0
+    sink_state: dict[str, Any] = field(default_factory=dict)
     version: int = CHECKPOINT_VERSION
 
     @property
@@ -100,6 +102,9 @@ class Checkpoint:
             raise ValueError("checkpoint parts must be a list of objects")
         if not isinstance(key, dict):
             raise ValueError("checkpoint key must be an object")
+        sink_state = data.get("sink_state") or {}
+        if not isinstance(sink_state, dict):
+            raise ValueError("checkpoint sink_state must be an object")
         return cls(
             token=token,
             next_url=next_url,
@@ -108,6 +113,7 @@ class Checkpoint:
             pages=int(data.get("pages", 0)),
             key=dict(key),
             rate_limited=int(data.get("rate_limited", 0)),
+            sink_state=dict(sink_state),
         )
 
     def mismatch(self, key: Mapping[str, Any]) -> str | None:

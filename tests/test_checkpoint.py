@@ -44,6 +44,7 @@ def _checkpoint(**overrides: Any) -> Checkpoint:
         "pages": 2,
         "key": dict(KEY),
         "rate_limited": 1,
+        "sink_state": {"parquet_schema": {"id": "int64", "total": "float64"}},
     }
     values.update(overrides)
     return Checkpoint(**values)
@@ -66,8 +67,9 @@ def test_round_trip_through_json() -> None:
         ({"next_url": 5}, "next_url"),
         ({"parts": "x"}, "parts"),
         ({"key": []}, "key"),
+        ({"sink_state": [1]}, "sink_state"),
     ],
-    ids=["version", "token", "next_url", "parts", "key"],
+    ids=["version", "token", "next_url", "parts", "key", "sink_state"],
 )
 def test_from_dict_rejects_malformed(change: dict[str, Any], message: str) -> None:
     data = {**_checkpoint().to_dict(), **change}

@@ -341,6 +341,12 @@ class Sink(Protocol):
     def commit(self, index: int, token: str) -> dict[str, Any]:
         """Make the pending records durable as unit ``index``; return a small description of the unit."""
 
+    def state(self) -> dict[str, Any]:
+        """Return what a resumed try must reuse (saved in the checkpoint after each commit)."""
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` of an earlier try (``{}`` for a fresh extraction)."""
+
 
 @dataclass
 class ExtractionResult:
@@ -383,6 +389,7 @@ def run_extraction(
             unit = sink.commit(len(state.parts), state.token)
             state.parts.append(unit)
             state.records += int(unit.get("records", 0))
+            state.sink_state = sink.state()
         state.pages += uncommitted_pages
         uncommitted_pages = 0
         state.next_url = next_url
@@ -417,6 +424,7 @@ def run_extraction(
                 pages = hook.iter_pages(plan.endpoint, fields=plan.request_fields, params=plan.params)
             else:
                 pages = _prepend(first, resumed_pages)
+        sink.restore(state.sink_state)
         last_next: str | None = start_url
         for page in pages:
             pages_read += 1

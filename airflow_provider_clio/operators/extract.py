@@ -164,6 +164,7 @@ class ClioExtractOperator(ClioBaseOperator):
             "params": plan.params,
             "interval": plan.interval.to_dict(),
             "format": self.file_format,
+            **({"schema": writer.schema} if self.file_format == "parquet" else {}),
             "files": state.parts,
             "records": state.records,
             "pages": state.pages,

@@ -116,6 +116,13 @@ class SqlSink:
         """Rows buffered since the last commit."""
         return len(self._rows)
 
+    def state(self) -> dict[str, Any]:
+        """Nothing to carry to a resumed try: the table itself holds the columns."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state`)."""
+
     def add(self, records: list[dict[str, Any]]) -> None:
         """Buffer one page's records."""
         self._rows.extend(records)

@@ -742,3 +742,59 @@ def test_a_commit_deletes_only_the_replaced_run_not_a_concurrent_one(
     assert f"run={first['run']}" not in _run_folders(destination)
     assert (in_progress / "part-00000.jsonl").exists()
     assert not (destination / "_manifest.json.tmp-deadbeef").exists()
+
+
+def test_parquet_parts_of_a_run_and_its_resumed_try_share_one_schema(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    import pyarrow.dataset as ds
+
+    emu = clio_emulator_factory(rate_limit=1000, records={"activities": 300}, page_size=50)
+    conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
+    fields = ["id", "quantity", "total", "billed", "matter{id,display_number}"]
+    store = MemoryTokenStore()
+    destination = tmp_path / "activities"
+
+    def operator() -> ClioExtractOperator:
+        return ClioExtractOperator(
+            task_id="pq",
+            clio_conn_id=conn_id,
+            endpoint="grow/activities",
+            fields=fields,
+            destination=f"file://{destination}",
+            file_format="parquet",
+            records_per_file=50,
+            token_store=store,
+            request_retry=FAST_FAIL,
+        )
+
+    run_schema = {
+        "id": "int64",
+        "quantity": "float64",
+        "total": "float64",
+        "billed": "bool",
+        "matter": "string",
+    }
+    with support.OutageAfterPages(emu, pages=3, requests=2), pytest.raises(ClioTransientError):
+        operator().execute({})
+    # The resumed try must write its parts with the schema the first try's parts have.
+    saved = json.loads((destination / "_checkpoint.json").read_text())
+    assert saved["parts"]
+    assert saved["sink_state"] == {"parquet_schema": run_schema}
+    summary = operator().execute({})
+    assert summary["resumed"] is True
+    manifest = _manifest(destination)
+    assert manifest["schema"] == run_schema
+    paths = [str(destination / entry["path"]) for entry in manifest["files"]]
+    assert len(paths) == 6
+    assert len({str(pq.read_schema(path)) for path in paths}) == 1
+    table = ds.dataset(paths, format="parquet").to_table()
+    assert [str(f.type) for f in table.schema] == ["int64", "double", "double", "bool", "string"]
+    expected = support.project(emu.records("activities"), fields)
+    for row in expected:
+        row["quantity"] = float(row["quantity"])
+        row["matter"] = json.dumps(row["matter"], separators=(",", ":"))
+    assert table.to_pylist() == expected
