@@ -27,7 +27,7 @@ from airflow_provider_clio.exceptions import (
     ClioNotFoundError,
     ClioPaginationError,
 )
-from airflow_provider_clio.fields import normalize_fields, top_level_names
+from airflow_provider_clio.fields import Field, normalize_fields, parse_fields, top_level_names
 from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
 if TYPE_CHECKING:
@@ -179,6 +179,29 @@ def _parse_updated_at(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def project(record: Mapping[str, Any], selection: Sequence[Field]) -> dict[str, Any]:
+    """
+    Return ``record`` with only the selected top-level keys and, for ``name{a,b}``, the selected sub-keys.
+
+    A nested selection applies to an object and to each object of a list. Keys the record lacks stay absent.
+    """
+    row: dict[str, Any] = {}
+    for item in selection:
+        if item.name not in record:
+            continue
+        value = record[item.name]
+        if item.nested is not None:
+            if isinstance(value, Mapping):
+                value = {name: value[name] for name in item.nested if name in value}
+            elif isinstance(value, list):
+                value = [
+                    {name: v[name] for name in item.nested if name in v} if isinstance(v, Mapping) else v
+                    for v in value
+                ]
+        row[item.name] = value
+    return row
+
+
 @dataclass(frozen=True)
 class Interval:
     """
@@ -244,6 +267,8 @@ class ExtractionPlan:
     :param strip: Names added only for filtering or keys, removed from each record before it is written.
     :param params: Query parameters, including ``updated_since``.
     :param interval: The ``updated_at`` window to keep.
+    :param projection: The parsed ``request_fields``; each record is projected onto them client-side, because
+        Clio may ignore ``fields`` and answer full objects (clio-api-reference §4). ``None``: keep every key.
     """
 
     endpoint: str
@@ -252,6 +277,7 @@ class ExtractionPlan:
     strip: tuple[str, ...]
     params: dict[str, Any]
     interval: Interval
+    projection: tuple[Field, ...] | None = None
     kept: int = field(default=0, init=False)
     dropped: int = field(default=0, init=False)
 
@@ -292,7 +318,10 @@ class ExtractionPlan:
                         strip.append(name)
         if interval.since is not None:
             params["updated_since"] = interval.since.isoformat()
-        return cls(endpoint, normalized, request_fields, tuple(strip), _jsonable(params), interval)
+        projection = tuple(parse_fields(request_fields)) if request_fields is not None else None
+        return cls(
+            endpoint, normalized, request_fields, tuple(strip), _jsonable(params), interval, projection
+        )
 
     @property
     def filtered(self) -> bool:
@@ -310,7 +339,7 @@ class ExtractionPlan:
                 if updated_at is not None and not self.interval.contains(updated_at):
                     self.dropped += 1
                     continue
-            row = dict(record)
+            row = dict(record) if self.projection is None else project(record, self.projection)
             for name in self.strip:
                 row.pop(name, None)
             kept.append(row)
