@@ -167,16 +167,17 @@ def parse_instant(value: Any, name: str) -> datetime | None:
 
 
 def _parse_updated_at(value: Any) -> datetime | None:
+    """Parse a record's ``updated_at`` (any ISO-8601 form, ``Z`` included); ``None`` if impossible."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         return None
-    text = value[:-1] + "+00:00" if value.endswith("Z") else value
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
+        # pendulum, not datetime.fromisoformat: Python 3.10's rejects "Z" and offsets without a colon.
+        parsed = pendulum.parse(value.strip())
+    except Exception:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if isinstance(parsed, datetime) else None
 
 
 def project(record: Mapping[str, Any], selection: Sequence[Field]) -> dict[str, Any]:
@@ -329,14 +330,26 @@ class ExtractionPlan:
         return self.interval.since is not None or self.interval.until is not None
 
     def select(self, records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Return the records of the interval, without the names added only for filtering."""
+        """
+        Return the records of the interval, projected, without the names added only for filtering.
+
+        :raise ClioBadRequestError: when the interval filter applies and a record's ``updated_at`` is missing
+            or not a timestamp (it could not be placed in exactly one interval).
+        """
         kept: list[dict[str, Any]] = []
         for record in records:
             if self.filtered:
                 updated_at = _parse_updated_at(record.get("updated_at"))
-                # A record without a parsable updated_at cannot be placed in an interval; keep it rather than
-                # lose it silently (the server already applied updated_since).
-                if updated_at is not None and not self.interval.contains(updated_at):
+                if updated_at is None:
+                    # Kept, it would land in every interval (duplicates); dropped, it would be lost silently.
+                    raise ClioBadRequestError(
+                        f"Record id={record.get('id')!r} of {self.endpoint} has no parsable updated_at "
+                        f"({record.get('updated_at')!r}), so it cannot be placed in the interval "
+                        f"{self.interval.to_dict()}. Select updated_at in fields, or extract without "
+                        "updated_since/updated_until",
+                        endpoint=self.endpoint,
+                    )
+                if not self.interval.contains(updated_at):
                     self.dropped += 1
                     continue
             row = dict(record) if self.projection is None else project(record, self.projection)
