@@ -51,6 +51,9 @@ DEFAULT_TASK_RETRY_ARGS: dict[str, Any] = {
 STALE_CURSOR_ERRORS = (ClioBadRequestError, ClioNotFoundError, ClioPaginationError)
 """Errors of a resumed first request that mean the saved cursor is unusable, not that the API is down."""
 
+CHECKPOINT_EVERY_PAGES = 20
+"""Pages after which the cursor is saved even when no unit is full (e.g. a backfill dropping most records)."""
+
 RESERVED_QUERY_PARAMS = frozenset({"fields", "page_token", "updated_since"})
 
 _NONE_STRINGS = frozenset({"", "none", "null"})
@@ -408,12 +411,15 @@ def run_extraction(
     checkpointer: Checkpointer,
     sink: Sink,
     unit_size: int,
+    checkpoint_pages: int = CHECKPOINT_EVERY_PAGES,
 ) -> ExtractionResult:
     """
     Read the plan's pages into ``sink``, committing whole pages in units of about ``unit_size`` records.
 
     A unit is committed before a page that would push it past ``unit_size`` (so units exceed it only when a
-    single page does), and a checkpoint naming the next page is saved right after each commit. A resumed run
+    single page does), and a checkpoint naming the next page is saved right after each commit. At least every
+    ``checkpoint_pages`` pages the pending records are committed (or, when none are pending, the cursor alone
+    is saved; no empty unit is written), so a retry never re-reads more than that many pages. A resumed run
     starts at the checkpoint's ``next_url``; pages already committed are not requested again.
     """
     started = time.monotonic()
@@ -478,6 +484,9 @@ def run_extraction(
                 sink.add(records)
             uncommitted_pages += 1
             last_next = page.next_url
+            if uncommitted_pages >= checkpoint_pages and last_next is not None:
+                # Pages whose records were all dropped still cost requests: do not read them again on retry.
+                commit(last_next)
             log.debug("Page %d: %d record(s) kept of %d", page.number, len(records), len(page.records))
         commit(None)
     if plan.dropped:

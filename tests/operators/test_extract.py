@@ -798,3 +798,50 @@ def test_parquet_parts_of_a_run_and_its_resumed_try_share_one_schema(
         row["quantity"] = float(row["quantity"])
         row["matter"] = json.dumps(row["matter"], separators=(",", ":"))
     assert table.to_pylist() == expected
+
+
+def test_a_backfill_that_drops_most_records_still_checkpoints_its_cursor(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 500}, page_size=10)
+    conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
+    # Clio applies updated_since; the upper bound is client-side, so nearly every page is dropped whole.
+    since = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    until = datetime.datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
+    store = MemoryTokenStore()
+    destination = tmp_path / "backfill"
+
+    def operator() -> ClioExtractOperator:
+        return ClioExtractOperator(
+            task_id="backfill",
+            clio_conn_id=conn_id,
+            endpoint="grow/contacts",
+            fields=["id", "updated_at"],
+            updated_since=since.isoformat(),
+            updated_until=until.isoformat(),
+            destination=f"file://{destination}",
+            token_store=store,
+            request_retry=FAST_FAIL,
+        )
+
+    with support.OutageAfterPages(emu, pages=25, requests=2), pytest.raises(ClioTransientError):
+        operator().execute({})
+    saved = json.loads((destination / "_checkpoint.json").read_text())
+    # The cursor was saved after 20 pages although no record was pending, and no empty part was written.
+    assert saved["parts"] == []
+    assert saved["pages"] == 20
+    assert saved["next_url"]
+    assert _run_folders(destination) == []
+
+    summary = operator().execute({})
+    assert summary["resumed"] is True
+    assert summary["pages"] == 50
+    truth = [r for r in emu.records("contacts") if _in(r, since, until)]
+    assert summary["records"] == len(truth)
+    before, after = support.split_at_outage(emu.requests)
+    first_try, second_try = support.page_tokens(before), support.page_tokens(after)
+    assert second_try[0] == first_try[20]
+    assert len(second_try) == 30
