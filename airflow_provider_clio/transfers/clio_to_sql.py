@@ -88,7 +88,8 @@ class SqlSink:
     :param hook: The target database hook.
     :param conn: An open DB-API connection of ``hook``, used for every batch.
     :param table: Validated ``table`` or ``schema.table``.
-    :param columns: Column names, ``id`` first; ``None`` to take them from the first batch's keys.
+    :param columns: Column names, ``id`` first; ``None`` to take them from the first batch's keys (a later
+        record with another key then fails with ``ClioConfigError``: pass ``fields``).
     :param create_table: Whether to create the table when it is missing.
     """
 
@@ -104,6 +105,7 @@ class SqlSink:
         self.conn = conn
         self.table_parts = split_table(table)
         self.columns: list[str] | None = _id_first(columns) if columns else None
+        self.inferred = columns is None
         self.create_table = create_table
         self.dialect = _dialect_name(hook)
         self.table_ready = False
@@ -117,11 +119,14 @@ class SqlSink:
         return len(self._rows)
 
     def state(self) -> dict[str, Any]:
-        """Nothing to carry to a resumed try: the table itself holds the columns."""
-        return {}
+        """Return the columns taken from the first batch, so a resumed try loads the same ones."""
+        return {"columns": list(self.columns)} if self.inferred and self.columns else {}
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Nothing to restore (see :meth:`state`)."""
+        """Reuse the columns an earlier try inferred (see :meth:`state`)."""
+        columns = state.get("columns")
+        if self.inferred and columns:
+            self.columns = list(columns)
 
     def add(self, records: list[dict[str, Any]]) -> None:
         """Buffer one page's records."""
@@ -209,6 +214,13 @@ class SqlSink:
     def _row(self, record: Mapping[str, Any]) -> tuple[Any, ...]:
         assert self.columns is not None
         extra = set(record) - set(self.columns) - self._ignored
+        if extra and self.inferred:
+            # The columns came from the first batch; dropping these values silently would lose data.
+            raise ClioConfigError(
+                f"Record id={record.get('id')!r} has field(s) {', '.join(sorted(extra))} that the first "
+                f"batch did not have, so table {'.'.join(self.table_parts)} has no column for them. Pass "
+                "`fields` to fix the columns (and create or alter the table to match)"
+            )
         if extra:
             self._ignored |= extra
             self.log.warning("Ignoring field(s) not in the table's columns: %s", ", ".join(sorted(extra)))
@@ -241,9 +253,10 @@ class ClioToSqlOperator(ClioBaseOperator):
     Load the records of one Clio endpoint into a SQL table, upserting on ``id``; return a small summary.
 
     The table is created when missing: ``id BIGINT PRIMARY KEY`` plus one column per top-level field (or
-    per key of the first page when ``fields`` is not given); booleans get ``BOOLEAN`` and numbers ``NUMERIC``
-    (exact, so amounts are never rounded) when every sampled value agrees, everything else (timestamps
-    included) is ``TEXT``, and nested objects and lists are stored as JSON text. Upserts use
+    per key of the first batch when ``fields`` is not given, in which case a later record with another key
+    fails with ``ClioConfigError`` rather than losing that value); booleans get ``BOOLEAN`` and numbers
+    ``NUMERIC`` (exact, so amounts are never rounded) when every sampled value agrees, everything else
+    (timestamps included) is ``TEXT``, and nested objects and lists are stored as JSON text. Upserts use
     ``INSERT ... ON CONFLICT (id) DO UPDATE`` on SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL,
     and the hook's ``insert_rows(replace=True)`` elsewhere.
 

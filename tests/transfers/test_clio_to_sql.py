@@ -416,3 +416,20 @@ def test_postgres_amounts_load_exactly_as_numeric(
         (r["id"], decimal.Decimal(str(r["quantity"])), decimal.Decimal(str(r["total"])), r["billed"])
         for r in truth
     ]
+
+
+def test_a_later_field_without_fields_fails_instead_of_being_dropped(sqlite_conn: tuple[str, Path]) -> None:
+    conn_id, path = sqlite_conn
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    with closing(hook.get_conn()) as conn:
+        sink = SqlSink(hook, conn, "inferred", None, create_table=True)
+        sink.add([{"id": 1, "name": "A"}])
+        sink.commit(0, "t")
+        # A resumed try loads the columns the first try inferred, not the keys of its own first batch.
+        resumed = SqlSink(hook, conn, "inferred", None, create_table=True)
+        resumed.restore(sink.state())
+        assert resumed.columns == ["id", "name"]
+        sink.add([{"id": 2, "name": "B", "email": "b@example.com"}])
+        with pytest.raises(ClioConfigError, match=r"id=2 has field\(s\) email .* Pass `fields`"):
+            sink.commit(1, "t")
+    assert _sqlite_rows(path, "inferred") == [(1, "A")]
