@@ -475,6 +475,18 @@ class TokenManager:
                 return stored.access_token  # type: ignore[return-value]
             return self._refresh(rejected=None)
 
+    def usable_access_token(self) -> str | None:
+        """Return a still valid access token (store or connection) without ever refreshing, else ``None``."""
+        with self._lock:
+            tokens = self._current()
+            if self._usable(tokens):
+                return tokens.access_token
+            stored = self._load()
+            if self._adoptable(stored) and self._usable(stored):
+                self._tokens = stored
+                return stored.access_token
+            return None
+
     def refresh_after_401(self, rejected: str) -> str:
         """
         Return an access token to retry with after the API rejected ``rejected`` with 401.

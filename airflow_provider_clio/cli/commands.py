@@ -162,7 +162,8 @@ def check(args: argparse.Namespace) -> None:
     hook = _hook(args.conn_id)
     config = hook.config
     try:
-        ok, message = hook.test_connection()
+        # The full check: Airflow's UI "Test" (test_connection) deliberately spends no refresh token.
+        ok, message = hook.check_connection()
     finally:
         hook.close()
     print(f"{'OK' if ok else 'FAILED'}: {message}")

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -120,9 +121,14 @@ class _Answer:
 
 
 class _CallState:
-    """Per-call memory across retries: a 401 buys one token refresh per call, not one per attempt."""
+    """
+    Per-call memory across retries: a 401 buys one token refresh per call, not one per attempt.
 
-    def __init__(self) -> None:
+    :param token: Send exactly this access token and never refresh it (``test_connection``).
+    """
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
         self.refreshed = False
 
 
@@ -407,7 +413,33 @@ class ClioHook(BaseHook):
             yield from page.records
 
     def test_connection(self) -> tuple[bool, str]:
-        """Make one cheap authenticated call and report ``(ok, message)``; never raises."""
+        """
+        Check the connection without spending its refresh token and report ``(ok, message)``; never raises.
+
+        Airflow's connection "Test" button runs this under a random, temporary connection id, under which no
+        stored tokens exist. Refreshing there would spend the connection's single-use refresh token and
+        store the rotated pair under the temporary id, leaving the real connection with a revoked token. So
+        this makes one API call only with an access token that is still valid (token store or connection
+        extras), never refreshing it; without one, it verifies the client credentials at the token endpoint
+        with a deliberately invalid refresh token (Clio authenticates the client first: ``invalid_grant``
+        means the id and secret were accepted, ``invalid_client`` that they were not).
+        :meth:`check_connection` (``airflow clio check``) does the full authenticated check.
+        """
+        try:
+            return self._test_without_refresh()
+        except ClioError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            return False, truncate(scrub(f"{type(exc).__name__}: {exc}", self._secrets()))
+
+    def check_connection(self) -> tuple[bool, str]:
+        """
+        Make one authenticated API call, refreshing the access token if needed; report ``(ok, message)``.
+
+        Never raises. Unlike :meth:`test_connection` this may spend (rotate) the refresh token and store the
+        new pair under this hook's connection id, so call it with the real connection id only (it is what
+        ``airflow clio check`` runs).
+        """
         try:
             self.get("grow/users", params={"fields": "id"})
         except ClioError as exc:
@@ -431,6 +463,77 @@ class ClioHook(BaseHook):
             raise ClioConfigError("the OAuth form may only be posted to the connection's token endpoint")
         self.stats.token_requests += 1
         return self._send("POST", url, label="oauth/token", data=form, api=False)
+
+    # -- connection test -------------------------------------------------------------------------------
+
+    def _test_without_refresh(self) -> tuple[bool, str]:
+        config = self.config
+        untouched = (
+            "; the rotating refresh token is not spent by this test: run "
+            "`airflow clio check --conn-id <connection id>` for a full check"
+        )
+        rejected = ""
+        token = self.token_manager.usable_access_token()
+        if token is not None:
+            try:
+                self._call(
+                    "GET",
+                    self._url("grow/users"),
+                    label="grow/users",
+                    params={"fields": "id"},
+                    token=self._remember(token),
+                )
+            except ClioAuthError as exc:
+                if exc.status_code != 401:
+                    raise
+                rejected = "The known access token was rejected (HTTP 401; it may have expired). "
+            else:
+                return True, (
+                    f"Connected to Clio ({config.region}) at {config.base_url} as application "
+                    f"{config.client_id} with the current access token; pool {config.pool}, "
+                    f"{self.rate:g} req/s{untouched}"
+                )
+        self._verify_client_credentials()
+        return True, (
+            f"{rejected}Clio's token endpoint {config.token_url} accepted the client credentials of "
+            f"application {config.client_id} (region {config.region}); no API call was made{untouched}"
+        )
+
+    def _verify_client_credentials(self) -> None:
+        """Raise unless the token endpoint accepts the client id and secret; spends no token."""
+        config = self.config
+        # Made up on the spot: it was never issued, so presenting it cannot look like the reuse of a token.
+        bogus = f"airflow-provider-clio-test-{secrets.token_urlsafe(16)}"
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": bogus,
+            "client_id": config.client_id,
+            "client_secret": config.client_secret,
+        }
+        response = self.post_form(config.token_url, form)
+        status = response.status_code
+        error, message = error_message(response.content, secrets=[*self._secrets(), bogus])
+        if error == "invalid_grant" and 400 <= status < 500:
+            return  # the client authenticated; only the (made-up) grant was refused
+        if error == "invalid_client":
+            raise ClioAuthError(
+                f"Clio rejected the client credentials (invalid_client: {message}). Check the connection's "
+                "login (client id / App Key), password (client secret) and region.",
+                status_code=status,
+                endpoint="oauth/token",
+            )
+        if 200 <= status < 300:
+            raise ClioFatalError(
+                "the token endpoint accepted a made-up refresh token: is the connection's host really Clio?",
+                status_code=status,
+                endpoint="oauth/token",
+            )
+        raise error_for_status(
+            status,
+            f"Clio's token endpoint answered {error or 'an error'}: {message}",
+            endpoint="oauth/token",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
 
     # -- the one send path -----------------------------------------------------------------------------
 
@@ -522,9 +625,9 @@ class ClioHook(BaseHook):
         allow_not_modified: bool,
         state: _CallState,
     ) -> _Answer:
-        token = self._access_token()
+        token = state.token if state.token is not None else self._access_token()
         response = self._send(method, url, label=label, params=params, headers=headers, token=token)
-        if response.status_code == 401 and not state.refreshed:
+        if response.status_code == 401 and state.token is None and not state.refreshed:
             self.log.info("Clio %s answered 401; refreshing the access token once and resending", label)
             token = self._remember(self.token_manager.refresh_after_401(token))
             # Only a refresh that happened counts: after a retryable failure (a lost refresh race) the next
@@ -577,10 +680,11 @@ class ClioHook(BaseHook):
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         allow_not_modified: bool = False,
+        token: str | None = None,
     ) -> _Answer:
-        """Run one logical request with the in-request retry policy."""
+        """Run one logical request with the in-request retry policy (with ``token``: no refresh on 401)."""
         settings = self.retry_settings
-        state = _CallState()
+        state = _CallState(token)
 
         def wait(retry_state: tenacity.RetryCallState) -> float:
             exc = retry_state.outcome.exception() if retry_state.outcome else None

@@ -730,27 +730,96 @@ def test_foreign_start_url_is_refused_before_any_request(
     assert emu.requests == []
 
 
+def token_calls(emu: ClioEmulator) -> list[int]:
+    return [r.status for r in emu.requests if r.path == "/oauth/token"]
+
+
 @pytest.mark.integration
-def test_test_connection(
+def test_test_connection_verifies_the_client_without_spending_the_refresh_token(
     monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
 ) -> None:
     emu = clio_emulator_factory()
-    hook = emulator_hook(monkeypatch, emu, fake_time, region="eu")
+    store = MemoryTokenStore()
+    hook = emulator_hook(monkeypatch, emu, fake_time, region="eu", store=store)
     ok, message = hook.test_connection()
     assert ok, message
-    assert "clio-emulator-eu" in message
+    assert "accepted the client credentials of application clio-emulator-eu" in message
+    assert "the rotating refresh token is not spent by this test" in message
+    assert "airflow clio check --conn-id" in message
+    # One token-endpoint call, answered invalid_grant for the made-up token; no API call, nothing stored.
+    assert token_calls(emu) == [400]
+    assert api_requests(emu) == []
+    assert store.saves == 0
+    # The connection's refresh token still works: the full check spends it now, and only now.
+    ok, message = hook.check_connection()
+    assert ok, message
     assert "clio_eu" in message
+    assert token_calls(emu) == [400, 200]
     assert [(r.path, r.query) for r in api_requests(emu)] == [("/grow/users", {"fields": ["id"]})]
 
     conn = emu.connection(region="eu")
     conn["password"] = "wrong-secret-value"
     set_conn(monkeypatch, conn, "clio_bad")
-    ok, message = ClioHook(
-        "clio_bad", token_store=MemoryTokenStore(), sleep=fake_time.sleep
-    ).test_connection()
-    assert not ok
-    assert "invalid_client" in message
-    assert "wrong-secret-value" not in message
+    for check in ("test_connection", "check_connection"):
+        bad = ClioHook("clio_bad", token_store=MemoryTokenStore(), sleep=fake_time.sleep)
+        ok, message = getattr(bad, check)()
+        assert not ok
+        assert "invalid_client" in message
+        assert "wrong-secret-value" not in message
+        assert conn["extra"]["refresh_token"] not in message
+
+
+@pytest.mark.integration
+def test_test_connection_uses_a_valid_access_token_and_never_refreshes_it(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    emu = clio_emulator_factory()
+    token, expires_at = emu.issue_access_token("clio-emulator-us")
+    set_conn(monkeypatch, emu.connection(access_token=token, expires_at=expires_at))
+    store = MemoryTokenStore()
+    hook = ClioHook(CONN_ID, token_store=store, clock=fake_time.clock, sleep=fake_time.sleep)
+    ok, message = hook.test_connection()
+    assert ok, message
+    assert "with the current access token" in message
+    assert [(r.path, r.status) for r in emu.requests] == [("/grow/users", 200)]
+
+    emu.expire_access_tokens()
+    emu.clear_requests()
+    ok, message = ClioHook(CONN_ID, token_store=store, sleep=fake_time.sleep).test_connection()
+    assert ok, message
+    assert message.startswith("The known access token was rejected (HTTP 401")
+    assert "accepted the client credentials" in message
+    # A 401 does not make this test refresh: the API call once, then the client check, nothing stored.
+    assert [(r.path, r.status) for r in emu.requests] == [("/grow/users", 401), ("/oauth/token", 400)]
+    assert store.saves == 0
+
+
+@pytest.mark.integration
+def test_the_ui_test_button_leaves_the_real_connection_working(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime, airflow_db: Any
+) -> None:
+    # Airflow 3.3's POST /connections/test exports the form's connection under a random id
+    # (AIRFLOW_CONN_<RANDOM>) and calls test_connection() there, with the default Variable store.
+    from airflow.models import Variable
+
+    emu = clio_emulator_factory()
+    conn = emu.connection(region="us")
+    set_conn(monkeypatch, conn, "clio_ui_real")
+    transient = "Xq7bT2zK"
+    set_conn(monkeypatch, conn, transient)
+    ok, message = ClioHook(transient, pool_slots=1, sleep=fake_time.sleep).test_connection()
+    assert ok, message
+    monkeypatch.delenv(f"AIRFLOW_CONN_{transient.upper()}")
+    assert Variable.get(f"clio_oauth_tokens__{transient}", default_var=None) is None
+    assert Variable.get("clio_oauth_tokens__clio_ui_real", default_var=None) is None
+    assert token_calls(emu) == [400]
+
+    # The real connection's refresh token was not spent: a task (or airflow clio check) still works.
+    ok, message = ClioHook("clio_ui_real", pool_slots=1, sleep=fake_time.sleep).check_connection()
+    assert ok, message
+    assert token_calls(emu) == [400, 200]
+    assert Variable.get("clio_oauth_tokens__clio_ui_real", default_var=None) is not None
+    Variable.delete("clio_oauth_tokens__clio_ui_real")
 
 
 def test_test_connection_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
