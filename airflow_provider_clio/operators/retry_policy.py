@@ -2,7 +2,8 @@
 """Task-level retry policy for Clio tasks (Airflow 3.3+ ``retry_policy``).
 
 The hook already retries each request with backoff; this policy decides what Airflow does once the hook
-gives up: wait what the server asked for after a 429 that carried ``Retry-After``, fail at once on errors
+gives up: wait what the server asked for when the retryable error carried ``Retry-After`` (a 429, or a 503
+during maintenance), fail at once on errors
 that a retry cannot fix, and otherwise keep the task's exponential ``retry_delay``. Importing this module
 fails on Airflow before 3.3, where operators simply go without a policy.
 """
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.definitions.retry_policy import RetryDecision, RetryPolicy
 
-from airflow_provider_clio.exceptions import ClioFatalError, ClioRateLimitError
+from airflow_provider_clio.exceptions import ClioFatalError, ClioRateLimitError, ClioRetryableError
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 class ClioRetryPolicy(RetryPolicy):
     """
-    Retry rate-limited tasks after the server's ``Retry-After``; fail fast on fatal Clio errors.
+    Retry after the server's ``Retry-After`` when a retryable Clio error has one; fail fast on fatal errors.
 
     :param max_rate_limit_wait: Upper bound, in seconds, on a wait taken from ``Retry-After``; a longer
         request is capped so a misbehaving proxy cannot park the task for days.
@@ -45,11 +46,16 @@ class ClioRetryPolicy(RetryPolicy):
             return RetryDecision.fail(
                 reason=f"{type(exception).__name__} cannot succeed on retry: {exception}"
             )
-        if isinstance(exception, ClioRateLimitError) and exception.retry_after is not None:
-            wait = min(max(exception.retry_after, self.min_rate_limit_wait), self.max_rate_limit_wait)
+        # Any retryable error may carry the server's Retry-After (a 503 in maintenance, not only a 429).
+        retry_after = (
+            getattr(exception, "retry_after", None) if isinstance(exception, ClioRetryableError) else None
+        )
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+            wait = min(max(float(retry_after), self.min_rate_limit_wait), self.max_rate_limit_wait)
+            what = "rate limit" if isinstance(exception, ClioRateLimitError) else "server unavailable"
             return RetryDecision.retry(
                 delay=timedelta(seconds=wait),
-                reason=f"Clio rate limit: retrying after the server's Retry-After ({wait:g} s)",
+                reason=f"Clio {what}: retrying after the server's Retry-After ({wait:g} s)",
             )
         return RetryDecision.default()
 

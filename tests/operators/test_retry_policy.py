@@ -35,6 +35,20 @@ def test_rate_limit_with_retry_after_waits_what_the_server_asked(retry_after: fl
     assert "Retry-After" in decision.reason
 
 
+def test_any_retryable_error_with_retry_after_waits_what_the_server_asked() -> None:
+    # A 503 during maintenance may carry Retry-After too (the hook sets it on ClioTransientError).
+    error = ClioTransientError("maintenance", status_code=503)
+    error.retry_after = 120.0  # type: ignore[attr-defined]
+    decision = ClioRetryPolicy().evaluate(error, 1, 5)
+    assert decision.action is RetryAction.RETRY
+    assert decision.retry_delay == datetime.timedelta(seconds=120)
+    assert "Retry-After" in (decision.reason or "")
+    # A non-Clio error with such an attribute is not the server's answer: the task's backoff applies.
+    stranger = RuntimeError("bug")
+    stranger.retry_after = 5.0  # type: ignore[attr-defined]
+    assert ClioRetryPolicy().evaluate(stranger, 1, 5).action is RetryAction.DEFAULT
+
+
 @pytest.mark.parametrize(
     "error",
     [ClioRateLimitError("no header"), ClioTransientError("503", status_code=503), RuntimeError("bug")],
