@@ -466,7 +466,10 @@ class Demo:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return the process exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_clio.testing.demo",
+        description=__doc__.strip().splitlines()[0] if __doc__ else None,
+    )
     parser.add_argument("--dir", default=".demo", help="working folder, recreated (default: .demo)")
     parser.add_argument(
         "--records",

@@ -78,13 +78,11 @@ class Component:
     :param name: Label in logs and failure messages.
     :param process: The ``airflow <component>`` process, leader of its own process group.
     :param log: File holding its stdout and stderr.
-    :param args: Its ``airflow`` arguments, e.g. ``("scheduler", "--skip-serve-logs")``.
     """
 
     name: str
     process: subprocess.Popen[bytes]
     log: Path
-    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -353,7 +351,7 @@ class AirflowDeployment:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        component = Component(name, process, log, args)
+        component = Component(name, process, log)
         self.components.append(component)
         return component
 
@@ -546,31 +544,22 @@ class AirflowDeployment:
         """
         Stop every component and return what had to be killed by pid after SIGTERM.
 
-        SIGTERM goes to each component's process group, the api-server last: interrupted tasks still report
-        their state through the execution API, so their supervisors, the workers and the scheduler can end
-        instead of retrying against a closed port until they are killed. What is alive at ``stop_timeout``
-        is killed, groups first, then any process of the deployment by pid.
+        SIGTERM goes to each component's process group at once; what is alive at ``stop_timeout`` is
+        killed, groups first, then any process of the deployment by pid. Call :meth:`wait_idle` first
+        after a run: a scheduler whose workers are still busy waits for them.
         """
         for helper in self.helpers:
             if helper.poll() is None:
                 helper.kill()
                 helper.communicate()
         tracked = self.processes()
+        for component in self.components:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(component.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
-        api = [c for c in self.components if c.args[:1] == ("api-server",)]
-        others = [c for c in self.components if c not in api]
-        api_pids = {c.process.pid for c in api}
-        for wave in (others, api):
-            for component in wave:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(component.process.pid, signal.SIGTERM)
-            for component in wave:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    component.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            if wave is others:
-                # The workers and task runners of the scheduler, not only the scheduler itself.
-                rest = [p for p in tracked if p.pid not in api_pids and _alive(p)]
-                psutil.wait_procs(rest, timeout=max(0.1, deadline - time.monotonic()))
+        for component in self.components:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                component.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         _, alive = psutil.wait_procs(tracked, timeout=max(0.1, deadline - time.monotonic()))
         for component in self.components:
             with contextlib.suppress(ProcessLookupError, PermissionError):
