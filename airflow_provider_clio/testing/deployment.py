@@ -4,10 +4,10 @@ Run real Airflow components on an isolated ``AIRFLOW_HOME`` and stop them withou
 
 :class:`AirflowDeployment` is what the scheduler tests and ``make demo`` use to see pools do their job:
 it starts ``airflow api-server`` (the tasks' execution API), ``airflow scheduler`` and
-``airflow dag-processor`` as subprocesses with a SQLite metadata database and the LocalExecutor, runs
-``airflow`` CLI commands, reads the metadata database, and on :meth:`~AirflowDeployment.stop` ends every
-component, worker and task runner, killing by pid what SIGTERM left behind. It never imports Airflow itself,
-so the calling process keeps its own ``AIRFLOW_HOME`` untouched.
+``airflow dag-processor`` (and, on request, ``airflow triggerer``) as subprocesses with a SQLite metadata
+database and the LocalExecutor, runs ``airflow`` CLI commands, reads the metadata database, and on
+:meth:`~AirflowDeployment.stop` ends every component, worker and task runner, killing by pid what SIGTERM
+left behind. It never imports Airflow itself, so the calling process keeps its own ``AIRFLOW_HOME`` untouched.
 
 .. code-block:: python
 
@@ -46,6 +46,7 @@ from typing import Any
 import psutil
 
 __all__ = [
+    "TRIGGERER",
     "AirflowDeployment",
     "AirflowDeploymentError",
     "Component",
@@ -60,6 +61,9 @@ COMPONENTS: tuple[tuple[str, ...], ...] = (
     ("dag-processor",),
 )
 """The ``airflow`` commands :meth:`AirflowDeployment.start_components` runs (the api-server gets its port)."""
+
+TRIGGERER: tuple[str, ...] = ("triggerer", "--skip-serve-logs")
+"""The ``airflow`` command of the triggerer, for :meth:`AirflowDeployment.start_components` ``extra``."""
 
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 WORKER_TITLE = "airflow worker -- LocalExecutor"
@@ -355,10 +359,14 @@ class AirflowDeployment:
         self.components.append(component)
         return component
 
-    def start_components(self) -> list[Component]:
-        """Start the api-server (execution API only), the scheduler and the dag-processor; return them."""
+    def start_components(self, extra: Sequence[Sequence[str]] = ()) -> list[Component]:
+        """
+        Start the api-server (execution API only), the scheduler and the dag-processor; return them.
+
+        :param extra: More ``airflow`` commands to run as components, e.g. ``[TRIGGERER]``.
+        """
         started = []
-        for command, *args in COMPONENTS:
+        for command, *args in (*COMPONENTS, *extra):
             if command == "api-server":
                 args = ["--port", str(self.port), *args]
             started.append(self.start(command, command, *args))
