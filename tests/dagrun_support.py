@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_clio.fields import parse_fields
+from airflow_provider_clio.rate_limit import RetrySettings
 from airflow_provider_clio.testing import Faults
 
 if TYPE_CHECKING:
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
     from airflow_provider_clio.testing import ClioEmulator, RequestRecord
+
+
+FAST_FAIL = RetrySettings(max_attempts=2, initial=0.01, maximum=0.01, jitter=False, max_total_wait=1.0)
+"""In-request retries that give up at once, so an injected outage reaches Airflow's task retry."""
 
 
 def clio_connection(

@@ -30,7 +30,6 @@ from airflow_provider_clio.testing import ClioEmulator
 
 UTC = datetime.timezone.utc
 MATTER_FIELDS = ["id", "display_number", "status", "client{id,name}", "updated_at"]
-FAST_FAIL = RetrySettings(max_attempts=2, initial=0.01, maximum=0.01, jitter=False, max_total_wait=1.0)
 """In-request retries that an outage of two answers outlasts, so the task-level retry takes over."""
 
 
@@ -267,7 +266,7 @@ def test_retry_resumes_from_the_last_committed_part(
             destination=f"file://{tmp_path}/contacts",
             records_per_file=100,  # two pages of 50 per part
             token_store=MemoryTokenStore(),
-            request_retry=FAST_FAIL,
+            request_retry=support.FAST_FAIL,
             retries=1,
             retry_delay=datetime.timedelta(0),
             retry_exponential_backoff=0,
@@ -318,7 +317,7 @@ def test_file_checkpoint_fallback_resumes_outside_task_state_store(
             destination=f"file://{tmp_path}/out",
             records_per_file=100,
             token_store=store,
-            request_retry=FAST_FAIL,
+            request_retry=support.FAST_FAIL,
             **{"fields": fields, **kwargs},
         )
 
@@ -585,7 +584,7 @@ def test_an_unusable_saved_cursor_restarts_the_extraction(
             destination=f"file://{tmp_path}/out",
             records_per_file=100,
             token_store=store,
-            request_retry=FAST_FAIL,
+            request_retry=support.FAST_FAIL,
         )
 
     with support.OutageAfterPages(emu, pages=5, requests=2), pytest.raises(ClioTransientError):
@@ -768,7 +767,7 @@ def test_parquet_parts_of_a_run_and_its_resumed_try_share_one_schema(
             file_format="parquet",
             records_per_file=50,
             token_store=store,
-            request_retry=FAST_FAIL,
+            request_retry=support.FAST_FAIL,
         )
 
     run_schema = {
@@ -824,7 +823,7 @@ def test_a_backfill_that_drops_most_records_still_checkpoints_its_cursor(
             updated_until=until.isoformat(),
             destination=f"file://{destination}",
             token_store=store,
-            request_retry=FAST_FAIL,
+            request_retry=support.FAST_FAIL,
         )
 
     with support.OutageAfterPages(emu, pages=25, requests=2), pytest.raises(ClioTransientError):

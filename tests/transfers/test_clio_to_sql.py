@@ -19,13 +19,11 @@ from airflow.sdk import DAG, BaseHook
 
 from airflow_provider_clio.auth import MemoryTokenStore
 from airflow_provider_clio.exceptions import ClioConfigError
-from airflow_provider_clio.rate_limit import RetrySettings
 from airflow_provider_clio.testing import ClioEmulator
 from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator, SqlSink, infer_sql_type
 
 UTC = datetime.timezone.utc
 MATTER_FIELDS = ["id", "display_number", "status", "is_locked", "client{id,name}", "updated_at"]
-FAST_FAIL = RetrySettings(max_attempts=2, initial=0.01, maximum=0.01, jitter=False, max_total_wait=1.0)
 
 
 @pytest.fixture
@@ -198,7 +196,7 @@ def test_postgres_retry_resumes_from_the_last_committed_batch(
             table=table,
             batch_size=100,  # two pages of 50 per transaction
             token_store=MemoryTokenStore(),
-            request_retry=FAST_FAIL,
+            request_retry=support.FAST_FAIL,
             retries=1,
             retry_delay=datetime.timedelta(0),
             retry_exponential_backoff=0,
