@@ -14,6 +14,10 @@ Where the checkpoint lives:
 
 A checkpoint written for another extraction (different endpoint, fields, filters, interval or target) is
 ignored with a log line: resuming it would mix two different result sets.
+
+The checkpoint is rewritten after every committed unit, so its size must not grow with the extraction: it
+holds counts and the sink's small state, never one entry per unit (the file writer keeps its list of parts
+beside the parts, see ``operators.writers``).
 """
 
 from __future__ import annotations
@@ -22,14 +26,30 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_clio.storage import write_json_atomic
+
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CHECKPOINT_KEY",
+    "Checkpoint",
+    "CheckpointStore",
+    "Checkpointer",
+    "FileCheckpointStore",
+    "MemoryCheckpointStore",
+    "TaskStateCheckpointStore",
+    "VariableCheckpointStore",
+    "new_token",
+    "store_for_context",
+    "variable_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +59,8 @@ CHECKPOINT_KEY = "clio_checkpoint"
 CHECKPOINT_FILE = "_checkpoint.json"
 """File name of the fallback checkpoint beside an extraction's output."""
 
-CHECKPOINT_VERSION = 1
-
-LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
+CHECKPOINT_VERSION = 2
+"""Version 2 counts units instead of listing them; a version 1 checkpoint is ignored (the try starts over)."""
 
 
 @dataclass
@@ -51,7 +70,7 @@ class Checkpoint:
 
     :param token: Names the attempt's output (the ``run=<token>`` folder, or a SQL load); reused on resume.
     :param next_url: The ``next`` URL after the last committed page; ``None`` once every page is committed.
-    :param parts: One small dict per committed unit (part file or SQL batch), in commit order.
+    :param units: Units committed so far (part files or SQL batches); the next unit's index.
     :param records: Records committed so far.
     :param pages: Pages read so far (only pages whose records are committed count).
     :param key: Identity of the extraction (endpoint, fields, params, interval, target); see :meth:`mismatch`.
@@ -61,7 +80,7 @@ class Checkpoint:
 
     token: str
     next_url: str | None
-    parts: list[dict[str, Any]] = field(default_factory=list)
+    units: int = 0
     records: int = 0
     pages: int = 0
     key: dict[str, Any] = field(default_factory=dict)
@@ -92,14 +111,14 @@ class Checkpoint:
             raise ValueError(f"unsupported checkpoint version {data.get('version')!r}")
         token = data.get("token")
         next_url = data.get("next_url")
-        parts = data.get("parts")
+        units = data.get("units", 0)
         key = data.get("key")
         if not isinstance(token, str) or not token:
             raise ValueError("checkpoint has no token")
         if next_url is not None and not isinstance(next_url, str):
             raise ValueError("checkpoint next_url must be a string or null")
-        if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
-            raise ValueError("checkpoint parts must be a list of objects")
+        if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+            raise ValueError("checkpoint units must be a non-negative integer")
         if not isinstance(key, dict):
             raise ValueError("checkpoint key must be an object")
         sink_state = data.get("sink_state") or {}
@@ -108,7 +127,7 @@ class Checkpoint:
         return cls(
             token=token,
             next_url=next_url,
-            parts=list(parts),
+            units=units,
             records=int(data.get("records", 0)),
             pages=int(data.get("pages", 0)),
             key=dict(key),
@@ -300,9 +319,9 @@ class Checkpointer:
             )
             return None
         log.info(
-            "Resuming from the checkpoint in %s: %d part(s), %d record(s), %d page(s) already committed",
+            "Resuming from the checkpoint in %s: %d unit(s), %d record(s), %d page(s) already committed",
             self.store.description,
-            len(checkpoint.parts),
+            checkpoint.units,
             checkpoint.records,
             checkpoint.pages,
         )
@@ -325,34 +344,3 @@ class Checkpointer:
         except Exception:
             # The output is already committed; a stale checkpoint is ignored later because its token is gone.
             log.warning("Could not clear the checkpoint in %s", self.store.description, exc_info=True)
-
-
-def is_local(path: ObjectStoragePath) -> bool:
-    """Whether ``path`` is on the local filesystem (where a rename is atomic)."""
-    return (path.protocol or "") in LOCAL_PROTOCOLS
-
-
-def write_json_atomic(path: ObjectStoragePath, value: Any) -> None:
-    """
-    Write ``value`` as JSON to ``path`` so readers see the old or the new content, never a partial file.
-
-    Locally: a temporary file in the same folder, flushed and fsynced, then ``os.replace``. On object stores a
-    single small ``put`` is already atomic.
-    """
-    data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
-    if is_local(path):
-        target = path.path
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)

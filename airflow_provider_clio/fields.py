@@ -10,11 +10,13 @@ Whether a name exists is only known to the server.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from airflow_provider_clio.exceptions import ClioConfigError
+
+__all__ = ["Field", "normalize_fields", "parse_fields", "project", "top_level_names"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -71,6 +73,29 @@ def normalize_fields(fields: str | Sequence[str] | None) -> str | None:
 def top_level_names(fields: str | Sequence[str] | None) -> list[str]:
     """Return the top-level field names in order, e.g. ``["id", "name", "client"]``."""
     return [field.name for field in parse_fields(fields)]
+
+
+def project(record: Mapping[str, Any], selection: Sequence[Field]) -> dict[str, Any]:
+    """
+    Return ``record`` with only the selected top-level keys and, for ``name{a,b}``, the selected sub-keys.
+
+    A nested selection applies to an object and to each object of a list. Keys the record lacks stay absent.
+    """
+    row: dict[str, Any] = {}
+    for item in selection:
+        if item.name not in record:
+            continue
+        value = record[item.name]
+        if item.nested is not None:
+            if isinstance(value, Mapping):
+                value = {name: value[name] for name in item.nested if name in value}
+            elif isinstance(value, list):
+                value = [
+                    {name: v[name] for name in item.nested if name in v} if isinstance(v, Mapping) else v
+                    for v in value
+                ]
+        row[item.name] = value
+    return row
 
 
 class _Parser:

@@ -23,7 +23,6 @@ from airflow_provider_clio.checkpoint import (
     TaskStateCheckpointStore,
     new_token,
     store_for_context,
-    write_json_atomic,
 )
 
 KEY = {
@@ -39,7 +38,7 @@ def _checkpoint(**overrides: Any) -> Checkpoint:
     values: dict[str, Any] = {
         "token": "20260301T000000-abcdef12",
         "next_url": "http://127.0.0.1:1/grow/contacts?page_token=p3",
-        "parts": [{"path": "run=x/part-00000.jsonl", "records": 400}],
+        "units": 1,
         "records": 400,
         "pages": 2,
         "key": dict(KEY),
@@ -65,11 +64,12 @@ def test_round_trip_through_json() -> None:
         ({"version": 99}, "unsupported checkpoint version"),
         ({"token": ""}, "no token"),
         ({"next_url": 5}, "next_url"),
-        ({"parts": "x"}, "parts"),
+        ({"units": "x"}, "units"),
+        ({"units": -1}, "units"),
         ({"key": []}, "key"),
         ({"sink_state": [1]}, "sink_state"),
     ],
-    ids=["version", "token", "next_url", "parts", "key", "sink_state"],
+    ids=["version", "token", "next_url", "units", "negative-units", "key", "sink_state"],
 )
 def test_from_dict_rejects_malformed(change: dict[str, Any], message: str) -> None:
     data = {**_checkpoint().to_dict(), **change}
@@ -113,14 +113,6 @@ def test_file_store_ignores_unreadable_file(tmp_path: Path, caplog: pytest.LogCa
     with caplog.at_level(logging.WARNING):
         assert store.load() is None
     assert "unreadable checkpoint" in caplog.text
-
-
-def test_write_json_atomic_replaces_content(tmp_path: Path) -> None:
-    path = ObjectStoragePath(f"file://{tmp_path}/deep/er/_manifest.json")
-    write_json_atomic(path, {"a": 1})
-    write_json_atomic(path, {"a": 2})
-    assert json.loads((tmp_path / "deep/er/_manifest.json").read_text()) == {"a": 2}
-    assert [p.name for p in (tmp_path / "deep/er").iterdir()] == ["_manifest.json"]
 
 
 def test_checkpointer_resumes_matching_checkpoint(caplog: pytest.LogCaptureFixture) -> None:

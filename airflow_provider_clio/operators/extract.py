@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -33,15 +34,18 @@ from airflow_provider_clio.checkpoint import (
     Checkpointer,
     FileCheckpointStore,
     store_for_context,
-    write_json_atomic,
 )
 from airflow_provider_clio.exceptions import ClioConfigError
+from airflow_provider_clio.extraction import Extraction
 from airflow_provider_clio.fields import top_level_names
-from airflow_provider_clio.operators.base import ClioBaseOperator, run_extraction
+from airflow_provider_clio.operators.base import ClioBaseOperator
 from airflow_provider_clio.operators.writers import FILE_FORMATS, PartWriter
+from airflow_provider_clio.storage import write_json_atomic
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+__all__ = ["MANIFEST_FILE", "ClioExtractOperator", "read_extract", "remove_superseded_runs"]
 
 MANIFEST_FILE = "_manifest.json"
 MANIFEST_VERSION = 1
@@ -81,13 +85,8 @@ class ClioExtractOperator(ClioBaseOperator):
         ``ClioConfigError`` before any request, because the destination would lose the other interval's data.
     :param endpoint: List endpoint, e.g. ``grow/contacts`` (templated).
     :param fields: Fields to select, list or string form (templated).
-    :param query_params: Extra query parameters (templated).
-    :param updated_since: Inclusive lower bound on ``updated_at`` (templated).
-    :param updated_until: Exclusive upper bound on ``updated_at`` (templated); defaults to
-        ``data_interval_end`` when that is later than ``updated_since``.
-    :param clio_conn_id: The Clio connection.
-    :param region: Clio region; default: the connection's ``region`` extra. Picks the default pool.
-    :param token_store: Where rotated OAuth tokens are kept; default: the hook's Variable store.
+    :param kwargs: ``query_params``, ``updated_since``, ``updated_until``, ``clio_conn_id``, ``region``,
+        ``token_store``, ``request_retry`` as documented on :class:`ClioBaseOperator`, and ``BaseOperator``'s.
     """
 
     template_fields: Sequence[str] = (*ClioBaseOperator.template_fields, "destination")
@@ -144,16 +143,17 @@ class ClioExtractOperator(ClioBaseOperator):
         with tempfile.TemporaryDirectory(prefix="clio-extract-") as workdir:
             writer = PartWriter(destination, self.file_format, workdir, columns)
             try:
-                result = run_extraction(
+                result = Extraction(
                     hook=hook,
                     plan=plan,
                     checkpointer=checkpointer,
                     sink=writer,
                     unit_size=self.records_per_file,
-                )
+                ).run()
             finally:
                 writer.close()
         state = result.state
+        files = writer.files(state.token)
         # Again just before the commit: another run may have committed here while this one was extracting.
         replaced = self._check_owner(manifest_path, identity)
         manifest = {
@@ -165,7 +165,7 @@ class ClioExtractOperator(ClioBaseOperator):
             "interval": plan.interval.to_dict(),
             "format": self.file_format,
             **({"schema": writer.schema} if self.file_format == "parquet" else {}),
-            "files": state.parts,
+            "files": files,
             "records": state.records,
             "pages": state.pages,
             "committed_at": datetime.now(timezone.utc).isoformat(),
@@ -173,9 +173,7 @@ class ClioExtractOperator(ClioBaseOperator):
         }
         # The commit point: before this write readers see the previous run (or nothing), after it this run.
         write_json_atomic(manifest_path, manifest)
-        self.log.info(
-            "Committed %s: %d record(s) in %d file(s)", manifest_path, state.records, len(state.parts)
-        )
+        self.log.info("Committed %s: %d record(s) in %d file(s)", manifest_path, state.records, len(files))
         superseded = {f"run={token}" for token in checkpointer.abandoned}
         if replaced is not None and replaced.get("run"):
             superseded.add(f"run={replaced['run']}")
@@ -187,14 +185,14 @@ class ClioExtractOperator(ClioBaseOperator):
         summary = {
             "records": state.records,
             "pages": state.pages,
-            "files": len(state.parts),
+            "files": len(files),
             "rate_limited": state.rate_limited,
             "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 3),
             "manifest": str(manifest_path),
             "run": state.token,
             "interval": plan.interval.to_dict(),
             "resumed": result.resumed,
-            "resumed_parts": result.resumed_parts,
+            "resumed_parts": result.resumed_units,
         }
         self._summary = summary
         return summary
@@ -260,14 +258,16 @@ def read_extract(destination: str | ObjectStoragePath) -> Iterator[dict[str, Any
 
     :param destination: The operator's rendered ``destination`` URL, or an ``ObjectStoragePath``.
     :raise FileNotFoundError: when nothing has been committed at ``destination``.
+    :raise ClioConfigError: when the manifest lists a file outside ``destination`` (it was tampered with).
     """
     root = destination if isinstance(destination, ObjectStoragePath) else ObjectStoragePath(destination)
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.exists():
         raise FileNotFoundError(f"no committed Clio extraction at {root}: {MANIFEST_FILE} is missing")
     manifest = json.loads(manifest_path.read_text())
-    for entry in manifest["files"]:
-        part = root / entry["path"]
+    # Check every path before yielding a record: a consumer must not half-read a tampered manifest.
+    parts = [root / _part_path(manifest_path, entry) for entry in manifest["files"]]
+    for part in parts:
         if manifest.get("format") == "parquet":
             import pyarrow.parquet as pq
 
@@ -279,6 +279,21 @@ def read_extract(destination: str | ObjectStoragePath) -> Iterator[dict[str, Any
                 for line in handle:
                     if line.strip():
                         yield json.loads(line)
+
+
+_SAFE_PART = re.compile(r"run=[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+
+
+def _part_path(manifest_path: ObjectStoragePath, entry: Any) -> str:
+    """Return a manifest entry's path if it names a file in a ``run=`` folder of the destination, or raise."""
+    path = entry.get("path") if isinstance(entry, Mapping) else None
+    # Only "run=<token>/<file>" of plain characters: no "..", no absolute path, no URL, no backslash.
+    if not isinstance(path, str) or not _SAFE_PART.fullmatch(path) or {".", ".."} & set(path.split("/")):
+        raise ClioConfigError(
+            f"{manifest_path} lists {path!r}, which is not a part file inside the destination; refusing to "
+            "read it (the manifest was not written by ClioExtractOperator)"
+        )
+    return path
 
 
 def remove_superseded_runs(destination: ObjectStoragePath, runs: Iterable[str]) -> list[str]:

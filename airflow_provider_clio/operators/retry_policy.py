@@ -20,6 +20,8 @@ from airflow_provider_clio.exceptions import ClioFatalError, ClioRateLimitError,
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+__all__ = ["ClioRetryPolicy"]
+
 
 class ClioRetryPolicy(RetryPolicy):
     """

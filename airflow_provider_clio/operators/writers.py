@@ -20,6 +20,11 @@ the others to it, so every part of a run must agree. Column types are therefore 
   appears after the first part fails the same way (pass ``fields``).
 
 The manifest records the run's schema under ``schema``.
+
+The manifest lists every part, but the checkpoint (rewritten after each part) must stay small whatever the
+number of parts: the writer keeps the entries of the last parts in its checkpoint state and, every
+``PART_LOG_SEGMENT`` parts, moves them to ``run=<token>/_parts-NNNNN.json`` beside the parts. The manifest's
+file list is those segments plus the entries still in the state.
 """
 
 from __future__ import annotations
@@ -28,15 +33,17 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_clio.checkpoint import is_local
+from airflow_provider_clio.columns import json_text, parquet_type, value_kind
 from airflow_provider_clio.exceptions import ClioConfigError
+from airflow_provider_clio.storage import upload_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
+
+__all__ = ["FILE_FORMATS", "PART_LOG_SEGMENT", "PartWriter", "part_name", "segment_name", "write_parquet"]
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +52,18 @@ FILE_FORMATS = {"jsonl": "jsonl", "parquet": "parquet"}
 
 PARQUET_ROW_GROUP = 1000
 
+PART_LOG_SEGMENT = 100
+"""Part entries kept in the checkpoint before they are written to a segment file beside the parts."""
+
 
 def part_name(token: str, index: int, file_format: str) -> str:
     """Return part ``index``'s path relative to the destination, e.g. ``run=<token>/part-00000.jsonl``."""
     return f"run={token}/part-{index:05d}.{FILE_FORMATS[file_format]}"
 
 
-def _dumps(record: Any) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+def segment_name(token: str, index: int) -> str:
+    """Return the path of segment ``index`` of run ``token``'s part list, relative to the destination."""
+    return f"run={token}/_parts-{index:05d}.json"
 
 
 class PartWriter:
@@ -90,6 +101,10 @@ class PartWriter:
         self._pending = 0
         self.schema: dict[str, str] = {}
         """The run's Parquet schema so far, column -> ``int64``/``bool``/``float64``/``string``."""
+        self.recent: list[dict[str, Any]] = []
+        """Manifest entries of the parts committed since the last segment was written."""
+        self.segments = 0
+        """Segments of the part list written beside the parts so far."""
 
     @property
     def pending(self) -> int:
@@ -97,24 +112,36 @@ class PartWriter:
         return self._pending
 
     def state(self) -> dict[str, Any]:
-        """Return what a resumed try must reuse: the run's Parquet schema."""
-        return {"parquet_schema": dict(self.schema)} if self.schema else {}
+        """Return what a resumed try must reuse: the run's Parquet schema and the recent part entries."""
+        state: dict[str, Any] = {"files": list(self.recent), "segments": self.segments}
+        if self.schema:
+            state["parquet_schema"] = dict(self.schema)
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue a run from :meth:`state` saved in its checkpoint."""
         self.schema = dict(state.get("parquet_schema") or {})
+        self.recent = [dict(entry) for entry in state.get("files") or []]
+        self.segments = int(state.get("segments") or 0)
+
+    def files(self, token: str) -> list[dict[str, Any]]:
+        """Return the manifest entries of every part of run ``token``, in commit order."""
+        entries: list[dict[str, Any]] = []
+        for index in range(self.segments):
+            entries.extend(json.loads((self.destination / segment_name(token, index)).read_text()))
+        return entries + self.recent
 
     def add(self, records: list[dict[str, Any]]) -> None:
         """Append one page's records to the local part file."""
         if self._handle is None:
             self._handle = open(self._buffer_path, "w", encoding="utf-8")  # noqa: SIM115 - closed on commit
         for record in records:
-            self._handle.write(_dumps(record))
+            self._handle.write(json_text(record))
             self._handle.write("\n")
         self._pending += len(records)
 
-    def commit(self, index: int, token: str) -> dict[str, Any]:
-        """Upload the local part as part ``index`` of run ``token``; return its manifest entry."""
+    def commit(self, index: int, token: str) -> int:
+        """Upload the local part as part ``index`` of run ``token``; return its record count."""
         if self._handle is None:
             raise RuntimeError("commit() without records")
         self._handle.close()
@@ -125,14 +152,20 @@ class PartWriter:
             self.schema = write_parquet(self._buffer_path, local, self.columns, self.schema)
         relative = part_name(token, index, self.file_format)
         size = os.path.getsize(local)
-        upload(local, self.destination / relative)
+        upload_atomic(local, self.destination / relative)
         records = self._pending
         self._pending = 0
         for path in {self._buffer_path, local}:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         log.info("Wrote %s (%d records, %d bytes)", relative, records, size)
-        return {"path": relative, "records": records, "bytes": size}
+        self.recent.append({"path": relative, "records": records, "bytes": size})
+        if len(self.recent) >= PART_LOG_SEGMENT:
+            # Durable before the checkpoint that forgets these entries; rewritten as is if that save fails.
+            write_json_atomic(self.destination / segment_name(token, self.segments), self.recent)
+            self.segments += 1
+            self.recent = []
+        return records
 
     def close(self) -> None:
         """Drop any uncommitted local data."""
@@ -141,63 +174,11 @@ class PartWriter:
             self._handle = None
 
 
-def upload(local_path: str, target: ObjectStoragePath) -> None:
-    """
-    Copy a finished local file to ``target`` and make it durable before returning.
-
-    Local destinations get a temporary name in the target folder, ``fsync`` and an atomic rename; object
-    stores get one streamed upload (an object is visible only once complete).
-    """
-    if is_local(target):
-        final = target.path
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = f"{final}.tmp"
-        with open(local_path, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, final)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.fs.put_file(local_path, target.path)
-
-
 def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
                 yield json.loads(line)
-
-
-def value_kind(value: Any) -> str:
-    """Classify a JSON value for column typing: ``bool``, ``int``, ``float``, ``str`` or ``json``."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    return "json"
-
-
-PARQUET_TYPES = ("int64", "bool", "float64", "string")
-"""The Parquet column types a run uses."""
-
-
-def parquet_type(name: str, kinds: set[str]) -> str | None:
-    """Return the Parquet type of a column holding values of ``kinds`` (module docstring), or ``None``."""
-    if name == "id" and kinds <= {"int"}:
-        return "int64"
-    if not kinds:
-        return None
-    if kinds == {"bool"}:
-        return "bool"
-    if kinds <= {"int", "float"}:
-        return "float64"
-    # Strings, nested values (as JSON text) and mixed kinds.
-    return "string"
 
 
 def _merge_type(name: str, current: str | None, kinds: set[str]) -> str:
@@ -226,7 +207,7 @@ def _convert(value: Any, type_name: str) -> Any:
     if value is None:
         return None
     if type_name == "string":
-        return value if isinstance(value, str) else _dumps(value)
+        return value if isinstance(value, str) else json_text(value)
     if type_name == "float64":
         return float(value)
     if type_name == "int64":

@@ -15,20 +15,18 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_clio.dates import parse_instant
 from airflow_provider_clio.exceptions import ClioConfigError, ClioFatalError
-from airflow_provider_clio.operators.base import (
-    RESERVED_QUERY_PARAMS,
-    apply_task_defaults,
-    check_pool_and_region,
-    connection_region_and_pool,
-    parse_instant,
-)
+from airflow_provider_clio.extraction import RESERVED_QUERY_PARAMS
+from airflow_provider_clio.task_policy import apply_task_defaults, connection_region_and_pool, task_hook
 from airflow_provider_clio.triggers.clio import ClioRecordsTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_clio.hooks.clio import ClioHook
+
+__all__ = ["ClioRecordsSensor"]
 
 
 class ClioRecordsSensor(BaseSensorOperator):
@@ -111,14 +109,7 @@ class ClioRecordsSensor(BaseSensorOperator):
 
     def get_hook(self) -> ClioHook:
         """Return a hook pacing at this task's pool slots; fail when it paces for another pool or region."""
-        from airflow_provider_clio.hooks.clio import ClioHook
-
-        kwargs: dict[str, Any] = {"pool_slots": self.pool_slots}
-        if self.token_store is not None:
-            kwargs["token_store"] = self.token_store
-        hook = ClioHook(self.clio_conn_id, **kwargs)
-        check_pool_and_region(self, hook, self.clio_conn_id, self.explicit_region)
-        return hook
+        return task_hook(self, self.clio_conn_id, self.explicit_region, token_store=self.token_store)
 
     def poke(self, context: Context) -> bool:
         """Ask for the first page of ids; true when it holds at least one record."""

@@ -8,7 +8,6 @@ replayed after a crash between commit and checkpoint, or a rerun of the same int
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from contextlib import closing
@@ -25,16 +24,19 @@ from airflow_provider_clio.checkpoint import (
     store_for_context,
     variable_key,
 )
+from airflow_provider_clio.columns import sql_type, to_cell
 from airflow_provider_clio.exceptions import ClioConfigError
+from airflow_provider_clio.extraction import Extraction
 from airflow_provider_clio.fields import top_level_names
-from airflow_provider_clio.operators.base import ClioBaseOperator, run_extraction
-from airflow_provider_clio.operators.writers import value_kind
+from airflow_provider_clio.operators.base import ClioBaseOperator
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
     from airflow.sdk import Context
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+__all__ = ["ClioToSqlOperator", "SqlSink", "split_table", "validate_identifier"]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 UPSERT_ON_CONFLICT = frozenset({"sqlite", "postgresql", "postgres"})
 UPSERT_ON_DUPLICATE_KEY = frozenset({"mysql", "mariadb"})
@@ -42,7 +44,7 @@ UPSERT_ON_DUPLICATE_KEY = frozenset({"mysql", "mariadb"})
 
 def validate_identifier(name: str, what: str) -> str:
     """Return ``name`` if it is a plain SQL identifier (letters, digits, underscores), else raise."""
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ClioConfigError(
             f"{what} {name!r} is not a plain identifier (letters, digits, underscores; no leading digit)"
         )
@@ -55,30 +57,6 @@ def split_table(table: str) -> list[str]:
     if len(parts) > 2:
         raise ClioConfigError(f"table {table!r}: expected 'table' or 'schema.table'")
     return [validate_identifier(part, "table name part") for part in parts]
-
-
-def infer_sql_type(values: Sequence[Any]) -> str:
-    """
-    Pick a column type from sample values: a numeric or boolean type only when every value agrees.
-
-    Every number is ``NUMERIC``, never ``BIGINT``: the sample is only the first batch, so a column whose first
-    values happen to be whole (an amount of 5000) must still hold 2500.75 exactly later. ``NUMERIC`` is exact
-    for integers and money on PostgreSQL and MySQL, and has NUMERIC affinity on SQLite.
-    """
-    kinds = {value_kind(v) for v in values if v is not None}
-    if kinds == {"bool"}:
-        return "BOOLEAN"
-    if kinds and kinds <= {"int", "float"}:
-        return "NUMERIC"
-    # Strings (timestamps included), nested objects and lists (JSON text), mixed and all-null columns.
-    return "TEXT"
-
-
-def to_cell(value: Any) -> Any:
-    """Return the value to bind: nested objects and lists become JSON text, scalars pass through."""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return value
 
 
 class SqlSink:
@@ -154,8 +132,8 @@ class SqlSink:
         if self.create_table:
             definitions = ["{} BIGINT PRIMARY KEY".format(self.quote("id"))]
             for name in self.columns[1:]:
-                sql_type = infer_sql_type([record.get(name) for record in sample])
-                definitions.append(f"{self.quote(name)} {sql_type}")
+                column_type = sql_type(record.get(name) for record in sample)
+                definitions.append(f"{self.quote(name)} {column_type}")
             ddl = f"CREATE TABLE IF NOT EXISTS {self.qualified_table} ({', '.join(definitions)})"
             with closing(self.conn.cursor()) as cur:
                 cur.execute(ddl)
@@ -181,8 +159,8 @@ class SqlSink:
             return f"{insert} ON DUPLICATE KEY UPDATE {updates}"
         return None
 
-    def commit(self, index: int, token: str) -> dict[str, Any]:
-        """Upsert the buffered rows in one transaction; return the batch description."""
+    def commit(self, index: int, token: str) -> int:
+        """Upsert the buffered rows in one transaction; return how many."""
         if not self.table_ready:
             self.ensure_table(self._rows)
         assert self.columns is not None
@@ -209,7 +187,7 @@ class SqlSink:
         count = len(rows)
         self._rows = []
         self.log.info("Upserted batch %d: %d row(s) into %s", index, count, ".".join(self.table_parts))
-        return {"batch": index, "records": count}
+        return count
 
     def _row(self, record: Mapping[str, Any]) -> tuple[Any, ...]:
         assert self.columns is not None
@@ -269,13 +247,8 @@ class ClioToSqlOperator(ClioBaseOperator):
     :param create_table: Create the table when it is missing (default ``True``).
     :param endpoint: List endpoint, e.g. ``grow/matters`` (templated).
     :param fields: Fields to select, list or string form (templated); ``id`` is always loaded.
-    :param query_params: Extra query parameters (templated).
-    :param updated_since: Inclusive lower bound on ``updated_at`` (templated).
-    :param updated_until: Exclusive upper bound on ``updated_at`` (templated); defaults to
-        ``data_interval_end`` when that is later than ``updated_since``.
-    :param clio_conn_id: The Clio connection.
-    :param region: Clio region; default: the connection's ``region`` extra. Picks the default pool.
-    :param token_store: Where rotated OAuth tokens are kept; default: the hook's Variable store.
+    :param kwargs: ``query_params``, ``updated_since``, ``updated_until``, ``clio_conn_id``, ``region``,
+        ``token_store``, ``request_retry`` as documented on :class:`ClioBaseOperator`, and ``BaseOperator``'s.
     """
 
     template_fields: Sequence[str] = (*ClioBaseOperator.template_fields, "table")
@@ -332,9 +305,9 @@ class ClioToSqlOperator(ClioBaseOperator):
             if db_hook.supports_autocommit:
                 db_hook.set_autocommit(conn, False)
             sink = SqlSink(db_hook, conn, self.table, columns, self.create_table)
-            result = run_extraction(
+            result = Extraction(
                 hook=hook, plan=plan, checkpointer=checkpointer, sink=sink, unit_size=self.batch_size
-            )
+            ).run()
             if not sink.table_ready and columns is not None and self.create_table:
                 # Nothing to load, but downstream queries expect the table to exist.
                 sink.ensure_table([])
@@ -343,13 +316,13 @@ class ClioToSqlOperator(ClioBaseOperator):
         summary = {
             "records": state.records,
             "pages": state.pages,
-            "batches": len(state.parts),
+            "batches": state.units,
             "table": self.table,
             "rate_limited": state.rate_limited,
             "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 3),
             "interval": plan.interval.to_dict(),
             "resumed": result.resumed,
-            "resumed_batches": result.resumed_parts,
+            "resumed_batches": result.resumed_units,
         }
         self._summary = summary
         return summary

@@ -17,6 +17,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_clio.exceptions import ClioFatalError, ClioRetryableError
 
+__all__ = ["ClioRecordsTrigger"]
+
 log = logging.getLogger(__name__)
 
 

@@ -18,8 +18,8 @@ from airflow_provider_clio.exceptions import (
     ClioRateLimitError,
     ClioTransientError,
 )
-from airflow_provider_clio.operators.base import DEFAULT_TASK_RETRY_ARGS
 from airflow_provider_clio.operators.retry_policy import ClioRetryPolicy
+from airflow_provider_clio.task_policy import DEFAULT_TASK_RETRY_ARGS
 
 
 @pytest.mark.parametrize(

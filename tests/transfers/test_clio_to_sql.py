@@ -18,9 +18,10 @@ import pytest
 from airflow.sdk import DAG, BaseHook
 
 from airflow_provider_clio.auth import MemoryTokenStore
+from airflow_provider_clio.columns import sql_type
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.testing import ClioEmulator
-from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator, SqlSink, infer_sql_type
+from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator, SqlSink
 
 UTC = datetime.timezone.utc
 MATTER_FIELDS = ["id", "display_number", "status", "is_locked", "client{id,name}", "updated_at"]
@@ -295,13 +296,13 @@ def test_upsert_statement_per_dialect(dialect: str, expected: str | None) -> Non
 
 
 def test_type_inference_is_conservative() -> None:
-    assert infer_sql_type([1, 2, None]) == "NUMERIC"
-    assert infer_sql_type([True, False]) == "BOOLEAN"
-    assert infer_sql_type([1, 2.5]) == "NUMERIC"
-    assert infer_sql_type([1, "2"]) == "TEXT"
-    assert infer_sql_type([{"id": 1}]) == "TEXT"
-    assert infer_sql_type([None, None]) == "TEXT"
-    assert infer_sql_type(["2026-01-01T00:00:00+00:00"]) == "TEXT"
+    assert sql_type([1, 2, None]) == "NUMERIC"
+    assert sql_type([True, False]) == "BOOLEAN"
+    assert sql_type([1, 2.5]) == "NUMERIC"
+    assert sql_type([1, "2"]) == "TEXT"
+    assert sql_type([{"id": 1}]) == "TEXT"
+    assert sql_type([None, None]) == "TEXT"
+    assert sql_type(["2026-01-01T00:00:00+00:00"]) == "TEXT"
 
 
 def test_openlineage_facets_name_the_table(

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ExtractionPlan: the request it builds and the records it keeps (projection, interval filter)."""
+"""extraction.py: the plan (request, projection, interval filter), the interval, and the page loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_clio.exceptions import ClioBadRequestError
-from airflow_provider_clio.operators.base import ExtractionPlan, Interval
+from airflow_provider_clio.extraction import ExtractionPlan, Interval
 
 UTC = datetime.timezone.utc
 
