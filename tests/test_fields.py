@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from airflow_provider_clio.exceptions import ClioConfigError
-from airflow_provider_clio.fields import Field, normalize_fields, parse_fields, top_level_names
+from airflow_provider_clio.fields import Field, normalize_fields, parse_fields, project, top_level_names
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,20 @@ def test_top_level_names() -> None:
 def test_parse_fields_structure() -> None:
     assert parse_fields("id,client{id,name}") == [Field("id"), Field("client", ("id", "name"))]
     assert str(Field("client", ("id",))) == "client{id}"
+
+
+def test_project_keeps_only_the_selection() -> None:
+    selection = parse_fields("id,client{id,name},tags{name}")
+    record = {
+        "id": 1,
+        "secret": "not selected",
+        "client": {"id": 3, "name": "Olga", "email": "not selected"},
+        "tags": [{"name": "a", "colour": "red"}, "plain"],
+    }
+    assert project(record, selection) == {
+        "id": 1,
+        "client": {"id": 3, "name": "Olga"},
+        "tags": [{"name": "a"}, "plain"],
+    }
+    # Keys the record lacks stay absent; a null nested value stays null.
+    assert project({"client": None}, selection) == {"client": None}
