@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
     from airflow.sdk import Context
 
-__all__ = ["ClioToSqlOperator", "SqlSink", "split_table", "validate_identifier"]
+__all__ = ["ClioToSqlOperator", "SqlSink", "check_upsert_key", "split_table", "validate_identifier"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -57,6 +57,54 @@ def split_table(table: str) -> list[str]:
     if len(parts) > 2:
         raise ClioConfigError(f"table {table!r}: expected 'table' or 'schema.table'")
     return [validate_identifier(part, "table name part") for part in parts]
+
+
+def check_upsert_key(db_hook: DbApiHook, table: str) -> bool:
+    """
+    Fail when ``table`` exists without a primary key or unique constraint on exactly ``id``.
+
+    ``CREATE TABLE IF NOT EXISTS`` keeps such a table: SQLite and PostgreSQL would then fail on
+    ``ON CONFLICT`` after the first pages were read (every retry alike), MySQL would insert duplicates on
+    every rerun.
+
+    :return: Whether the table exists.
+    :raise ClioConfigError: naming the missing key.
+    """
+    from sqlalchemy import inspect
+
+    *schemas, name = split_table(table)
+    schema = schemas[0] if schemas else None
+    engine = db_hook.get_sqlalchemy_engine()
+    try:
+        inspector = inspect(engine)
+        if not inspector.has_table(name, schema=schema):
+            return False
+        keys = _unique_keys(inspector, name, schema)
+    finally:
+        engine.dispose()
+    if ("id",) not in keys:
+        found = ", ".join("(" + ", ".join(key) + ")" for key in sorted(keys)) or "none"
+        raise ClioConfigError(
+            f"Table {table} has no primary key or unique constraint on (id) (unique keys: {found}): rows "
+            f"are upserted on id, so add one, e.g. ALTER TABLE {table} ADD PRIMARY KEY (id), or load into "
+            "a new table"
+        )
+    return True
+
+
+def _unique_keys(inspector: Any, name: str, schema: str | None) -> set[tuple[str, ...]]:
+    """Return the column tuples of the table's primary key, unique constraints and unique indexes."""
+    keys: set[tuple[str, ...]] = set()
+    primary = inspector.get_pk_constraint(name, schema=schema) or {}
+    candidates = [primary.get("constrained_columns") or []]
+    candidates += [c.get("column_names") or [] for c in inspector.get_unique_constraints(name, schema=schema)]
+    candidates += [
+        i.get("column_names") or [] for i in inspector.get_indexes(name, schema=schema) if i.get("unique")
+    ]
+    for columns in candidates:
+        if columns and all(isinstance(column, str) for column in columns):
+            keys.add(tuple(column.lower() for column in columns))
+    return keys
 
 
 class SqlSink:
@@ -289,6 +337,9 @@ class ClioToSqlOperator(ClioBaseOperator):
         split_table(self.table)
         plan = self.build_plan(context, required=("id",))
         db_hook = self.get_db_hook()
+        # Before the first request: a table the upsert cannot work on would fail every retry after the reads.
+        if not check_upsert_key(db_hook, self.table) and not self.create_table:
+            raise ClioConfigError(f"Table {self.table} does not exist and create_table=False")
         hook = self.get_hook()
         key = plan.key(api=hook.base_url, target=f"{self.sql_conn_id}/{self.table}")
         checkpointer = Checkpointer(store_for_context(context, lambda: _fallback_store(context)), key)

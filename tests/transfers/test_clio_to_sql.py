@@ -432,3 +432,83 @@ def test_a_later_field_without_fields_fails_instead_of_being_dropped(sqlite_conn
         with pytest.raises(ClioConfigError, match=r"id=2 has field\(s\) email .* Pass `fields`"):
             sink.commit(1, "t")
     assert _sqlite_rows(path, "inferred") == [(1, "A")]
+
+
+def _execute_ddl(conn_id: str, *statements: str) -> None:
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    with closing(hook.get_conn()) as conn:
+        with closing(conn.cursor()) as cur:
+            for statement in statements:
+                cur.execute(statement)
+        conn.commit()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_an_existing_table_without_a_key_on_id_is_refused_before_any_request(
+    database: str,
+    emu: ClioEmulator,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    # CREATE TABLE IF NOT EXISTS keeps this table: ON CONFLICT (id) would fail after the first pages were
+    # read, on every retry alike (MySQL would insert duplicates on every rerun).
+    if database == "sqlite":
+        conn_id, _ = request.getfixturevalue("sqlite_conn")
+        table = "keyless"
+    else:
+        conn_id, table = request.getfixturevalue("pg_table")
+    _execute_ddl(
+        conn_id,
+        f'CREATE TABLE "{table}" ("id" BIGINT, "display_number" TEXT)',
+        f'CREATE INDEX "{table}_by_id" ON "{table}" ("id")',  # an index, but not a unique one
+    )
+    clio = support.clio_connection(monkeypatch, emu)
+
+    def operator() -> ClioToSqlOperator:
+        return ClioToSqlOperator(
+            task_id="keyless",
+            clio_conn_id=clio,
+            endpoint="grow/matters",
+            fields=["id", "display_number"],
+            sql_conn_id=conn_id,
+            table=table,
+            token_store=MemoryTokenStore(),
+        )
+
+    with pytest.raises(
+        ClioConfigError, match=rf"Table {table} has no primary key or unique constraint on \(id\)"
+    ):
+        operator().execute({})
+    assert emu.count(path_prefix="/grow") == 0
+
+    # A unique index on id is a key the upsert can use: the same table then loads.
+    _execute_ddl(conn_id, f'CREATE UNIQUE INDEX "{table}_id" ON "{table}" ("id")')
+    assert operator().execute({})["records"] == 260
+
+
+def test_a_missing_table_without_create_table_is_refused_before_any_request(
+    emu: ClioEmulator, sqlite_conn: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    conn_id, _ = sqlite_conn
+    clio = support.clio_connection(monkeypatch, emu)
+    op = ClioToSqlOperator(
+        task_id="missing",
+        clio_conn_id=clio,
+        endpoint="grow/matters",
+        sql_conn_id=conn_id,
+        table="not_there",
+        create_table=False,
+        token_store=MemoryTokenStore(),
+    )
+    with pytest.raises(ClioConfigError, match="not_there does not exist and create_table=False"):
+        op.execute({})
+    assert emu.count(path_prefix="/grow") == 0
+
+
+@pytest.mark.parametrize("name", ["matters\n", "matters\r\n", " matters"])
+def test_an_identifier_with_a_trailing_newline_or_space_is_refused(name: str) -> None:
+    with pytest.raises(ClioConfigError, match="not a plain identifier"):
+        ClioToSqlOperator(
+            task_id="bad", clio_conn_id="none", endpoint="grow/matters", sql_conn_id="x", table=name
+        )
