@@ -844,3 +844,144 @@ def test_a_backfill_that_drops_most_records_still_checkpoints_its_cursor(
     first_try, second_try = support.page_tokens(before), support.page_tokens(after)
     assert second_try[0] == first_try[20]
     assert len(second_try) == 30
+
+
+class _RecordingTaskState:
+    """A ``task_state_store`` accessor (get/set/delete) that remembers the size of every value saved."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.saved: list[Any] = []
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = json.loads(json.dumps(value))
+        self.saved.append(self.values[key])
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def test_the_checkpoint_does_not_grow_with_the_number_of_parts(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    # The checkpoint is rewritten after every part: listing every part in it would make a 10 M-row load
+    # write gigabytes to the state store. It keeps counts and the last few entries; the rest go beside
+    # the parts in segments of PART_LOG_SEGMENT, from which the manifest is assembled.
+    from airflow_provider_clio.operators import writers
+
+    monkeypatch.setattr(writers, "PART_LOG_SEGMENT", 3)
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 500}, page_size=25)
+    conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
+    store = MemoryTokenStore()
+    destination = tmp_path / "contacts"
+    task_state = _RecordingTaskState()
+
+    def operator() -> ClioExtractOperator:
+        return ClioExtractOperator(
+            task_id="bounded",
+            clio_conn_id=conn_id,
+            endpoint="grow/contacts",
+            fields=["id", "name"],
+            destination=f"file://{destination}",
+            records_per_file=25,  # one page per part: 20 parts
+            token_store=store,
+            request_retry=support.FAST_FAIL,
+        )
+
+    with support.OutageAfterPages(emu, pages=11, requests=2), pytest.raises(ClioTransientError):
+        operator().execute({"task_state_store": task_state})  # type: ignore[arg-type]
+    summary = operator().execute({"task_state_store": task_state})  # type: ignore[arg-type]
+    assert summary["resumed"] is True
+    assert summary["files"] == 20
+
+    sizes = [len(json.dumps(value)) for value in task_state.saved]
+    assert len(sizes) >= 20
+    assert all(len(value["sink_state"]["files"]) < 3 for value in task_state.saved)
+    # Two part entries are about 200 bytes: the last checkpoint is as small as the first ones.
+    assert max(sizes) - min(sizes) < 300
+    manifest = _manifest(destination)
+    assert [entry["path"] for entry in manifest["files"]] == [
+        f"run={summary['run']}/part-{index:05d}.jsonl" for index in range(20)
+    ]
+    assert _manifest_records(destination) == support.project(emu.records("contacts"), ["id", "name"])
+    assert list(read_extract(f"file://{destination}")) == _manifest_records(destination)
+
+
+def test_a_resumed_complete_checkpoint_keeps_the_parquet_schema_in_the_manifest(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    from airflow_provider_clio.operators import extract
+
+    emu = clio_emulator_factory(rate_limit=1000, records={"activities": 120}, page_size=50)
+    conn_id = support.clio_connection(monkeypatch, emu)
+    destination = tmp_path / "activities"
+    store = MemoryTokenStore()
+    real_write = extract.write_json_atomic
+    failures = iter([OSError("store unavailable")])
+
+    def manifest_write_fails_once(path: Any, value: Any) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        real_write(path, value)
+
+    def operator() -> ClioExtractOperator:
+        return ClioExtractOperator(
+            task_id="pq",
+            clio_conn_id=conn_id,
+            endpoint="grow/activities",
+            fields=["id", "total", "billed"],
+            destination=f"file://{destination}",
+            file_format="parquet",
+            records_per_file=50,
+            token_store=store,
+        )
+
+    monkeypatch.setattr(extract, "write_json_atomic", manifest_write_fails_once)
+    # Every part is uploaded and the checkpoint says so; only the manifest commit fails.
+    with pytest.raises(OSError, match="store unavailable"):
+        operator().execute({})
+    assert json.loads((destination / "_checkpoint.json").read_text())["next_url"] is None
+    requests = emu.count(path_prefix="/grow")
+    summary = operator().execute({})
+    assert emu.count(path_prefix="/grow") == requests  # finished without reading a page again
+    assert summary["resumed"] is True
+    manifest = _manifest(destination)
+    assert manifest["schema"] == {"id": "int64", "total": "float64", "billed": "bool"}
+    assert len(manifest["files"]) == 3
+    assert [r["id"] for r in read_extract(f"file://{destination}")] == [
+        r["id"] for r in emu.records("activities")
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../elsewhere/part-00000.jsonl",
+        "run=x/../../elsewhere.jsonl",
+        "/etc/passwd",
+        "file:///etc/passwd",
+        "run=x\\..\\..\\secret",
+        "run=x/part-00000.jsonl\n",
+        "run=x/./part-00000.jsonl",
+    ],
+)
+def test_read_extract_refuses_a_manifest_path_outside_the_destination(tmp_path: Path, path: str) -> None:
+    destination = tmp_path / "dest"
+    (destination / "run=x").mkdir(parents=True)
+    (destination / "run=x" / "part-00000.jsonl").write_text('{"id": 1}\n')
+    (tmp_path / "elsewhere.jsonl").write_text('{"secret": true}\n')
+    files = [{"path": "run=x/part-00000.jsonl", "records": 1}, {"path": path, "records": 1}]
+    (destination / "_manifest.json").write_text(json.dumps({"format": "jsonl", "files": files}))
+    reader = read_extract(f"file://{destination}")
+    with pytest.raises(ClioConfigError, match="not a part file inside the destination"):
+        next(reader)
