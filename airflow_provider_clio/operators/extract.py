@@ -31,12 +31,13 @@ from airflow.sdk import Asset, ObjectStoragePath
 
 from airflow_provider_clio.checkpoint import (
     CHECKPOINT_FILE,
+    Checkpoint,
     Checkpointer,
     FileCheckpointStore,
     store_for_context,
 )
 from airflow_provider_clio.exceptions import ClioConfigError
-from airflow_provider_clio.extraction import Extraction
+from airflow_provider_clio.extraction import Extraction, ExtractionPlan, ExtractionResult
 from airflow_provider_clio.fields import top_level_names
 from airflow_provider_clio.operators.base import ClioBaseOperator
 from airflow_provider_clio.operators.writers import FILE_FORMATS, PartWriter
@@ -44,6 +45,8 @@ from airflow_provider_clio.storage import write_json_atomic
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_clio.hooks.clio import ClioHook
 
 __all__ = ["MANIFEST_FILE", "ClioExtractOperator", "read_extract", "remove_superseded_runs"]
 
@@ -139,40 +142,13 @@ class ClioExtractOperator(ClioBaseOperator):
             plan.interval.to_dict(),
             destination,
         )
-        columns = top_level_names(plan.fields) or None
-        with tempfile.TemporaryDirectory(prefix="clio-extract-") as workdir:
-            writer = PartWriter(destination, self.file_format, workdir, columns)
-            try:
-                result = Extraction(
-                    hook=hook,
-                    plan=plan,
-                    checkpointer=checkpointer,
-                    sink=writer,
-                    unit_size=self.records_per_file,
-                ).run()
-            finally:
-                writer.close()
+        result, writer = self._extract(hook, plan, checkpointer, destination)
         state = result.state
         files = writer.files(state.token)
         # Again just before the commit: another run may have committed here while this one was extracting.
         replaced = self._check_owner(manifest_path, identity)
-        manifest = {
-            "version": MANIFEST_VERSION,
-            "run": state.token,
-            "endpoint": plan.endpoint,
-            "fields": plan.fields,
-            "params": plan.params,
-            "interval": plan.interval.to_dict(),
-            "format": self.file_format,
-            **({"schema": writer.schema} if self.file_format == "parquet" else {}),
-            "files": files,
-            "records": state.records,
-            "pages": state.pages,
-            "committed_at": datetime.now(timezone.utc).isoformat(),
-            "task": _task_identity(context),
-        }
         # The commit point: before this write readers see the previous run (or nothing), after it this run.
-        write_json_atomic(manifest_path, manifest)
+        write_json_atomic(manifest_path, self._manifest(context, plan, state, writer.schema, files))
         self.log.info("Committed %s: %d record(s) in %d file(s)", manifest_path, state.records, len(files))
         superseded = {f"run={token}" for token in checkpointer.abandoned}
         if replaced is not None and replaced.get("run"):
@@ -196,6 +172,50 @@ class ClioExtractOperator(ClioBaseOperator):
         }
         self._summary = summary
         return summary
+
+    def _extract(
+        self, hook: ClioHook, plan: ExtractionPlan, checkpointer: Checkpointer, destination: ObjectStoragePath
+    ) -> tuple[ExtractionResult, PartWriter]:
+        """Run the extraction into part files, through a local working folder removed afterwards."""
+        columns = top_level_names(plan.fields) or None
+        with tempfile.TemporaryDirectory(prefix="clio-extract-") as workdir:
+            writer = PartWriter(destination, self.file_format, workdir, columns)
+            try:
+                result = Extraction(
+                    hook=hook,
+                    plan=plan,
+                    checkpointer=checkpointer,
+                    sink=writer,
+                    unit_size=self.records_per_file,
+                ).run()
+            finally:
+                writer.close()
+        return result, writer
+
+    def _manifest(
+        self,
+        context: Context,
+        plan: ExtractionPlan,
+        state: Checkpoint,
+        schema: dict[str, str],
+        files: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Return the manifest committing run ``state.token``."""
+        return {
+            "version": MANIFEST_VERSION,
+            "run": state.token,
+            "endpoint": plan.endpoint,
+            "fields": plan.fields,
+            "params": plan.params,
+            "interval": plan.interval.to_dict(),
+            "format": self.file_format,
+            **({"schema": schema} if self.file_format == "parquet" else {}),
+            "files": files,
+            "records": state.records,
+            "pages": state.pages,
+            "committed_at": datetime.now(timezone.utc).isoformat(),
+            "task": _task_identity(context),
+        }
 
     def _check_owner(
         self, manifest_path: ObjectStoragePath, identity: dict[str, Any]

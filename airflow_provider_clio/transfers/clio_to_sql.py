@@ -61,14 +61,10 @@ def split_table(table: str) -> list[str]:
 
 def check_upsert_key(db_hook: DbApiHook, table: str) -> bool:
     """
-    Fail when ``table`` exists without a primary key or unique constraint on exactly ``id``.
+    Return whether ``table`` exists; raise ClioConfigError when it has no primary or unique key on ``(id)``.
 
-    ``CREATE TABLE IF NOT EXISTS`` keeps such a table: SQLite and PostgreSQL would then fail on
-    ``ON CONFLICT`` after the first pages were read (every retry alike), MySQL would insert duplicates on
-    every rerun.
-
-    :return: Whether the table exists.
-    :raise ClioConfigError: naming the missing key.
+    ``CREATE TABLE IF NOT EXISTS`` keeps such a table: SQLite and PostgreSQL would fail on ``ON CONFLICT``
+    once the first pages were read (every retry alike), MySQL would insert duplicates on every rerun.
     """
     from sqlalchemy import inspect
 
@@ -94,17 +90,13 @@ def check_upsert_key(db_hook: DbApiHook, table: str) -> bool:
 
 def _unique_keys(inspector: Any, name: str, schema: str | None) -> set[tuple[str, ...]]:
     """Return the column tuples of the table's primary key, unique constraints and unique indexes."""
-    keys: set[tuple[str, ...]] = set()
     primary = inspector.get_pk_constraint(name, schema=schema) or {}
     candidates = [primary.get("constrained_columns") or []]
     candidates += [c.get("column_names") or [] for c in inspector.get_unique_constraints(name, schema=schema)]
     candidates += [
         i.get("column_names") or [] for i in inspector.get_indexes(name, schema=schema) if i.get("unique")
     ]
-    for columns in candidates:
-        if columns and all(isinstance(column, str) for column in columns):
-            keys.add(tuple(column.lower() for column in columns))
-    return keys
+    return {tuple(str(column).lower() for column in columns) for columns in candidates if columns}
 
 
 class SqlSink:
@@ -284,7 +276,8 @@ class ClioToSqlOperator(ClioBaseOperator):
     ``NUMERIC`` (exact, so amounts are never rounded) when every sampled value agrees, everything else
     (timestamps included) is ``TEXT``, and nested objects and lists are stored as JSON text. Upserts use
     ``INSERT ... ON CONFLICT (id) DO UPDATE`` on SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL,
-    and the hook's ``insert_rows(replace=True)`` elsewhere.
+    and the hook's ``insert_rows(replace=True)`` elsewhere. An existing table without a primary or unique key
+    on ``id`` fails the task with ``ClioConfigError`` before any request.
 
     The returned XCom holds ``records``, ``pages``, ``batches``, ``table``, ``rate_limited``, ``seconds``,
     ``interval`` and ``resumed``.
