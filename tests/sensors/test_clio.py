@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -257,3 +260,15 @@ def test_deferrable_sensor_runs_its_trigger_under_dag_test(
     # One check in the task, then at least two polls from the trigger (nothing, then the touched record).
     assert len(queries) >= 3
     assert all(q["updated_since"] == [FUTURE.isoformat()] for q in queries)
+
+
+def test_the_sensor_does_not_depend_on_the_operators(tmp_path: Path) -> None:
+    # The task defaults it shares with the operators live in task_policy, not in operators.base.
+    code = (
+        "import sys\n"
+        "import airflow_provider_clio.sensors.clio\n"
+        "print(sorted(m for m in sys.modules if m.startswith('airflow_provider_clio.operators')))\n"
+    )
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
