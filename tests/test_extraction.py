@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import datetime
+import json
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import pytest
 
+from airflow_provider_clio.auth import MemoryTokenStore
+from airflow_provider_clio.checkpoint import Checkpointer, MemoryCheckpointStore
 from airflow_provider_clio.exceptions import ClioBadRequestError
-from airflow_provider_clio.extraction import ExtractionPlan, Interval
+from airflow_provider_clio.extraction import Extraction, ExtractionPlan, Interval
+from airflow_provider_clio.hooks.clio import ClioHook
+from airflow_provider_clio.testing import ClioEmulator
 
 UTC = datetime.timezone.utc
 
@@ -81,3 +88,77 @@ def test_a_record_that_cannot_be_placed_in_the_interval_fails(updated_at: Any) -
         record["updated_at"] = updated_at
     with pytest.raises(ClioBadRequestError, match=r"id=7 of grow/contacts has no parsable updated_at"):
         plan.select([{"id": 6, "updated_at": "2026-03-02T00:00:00+00:00"}, record])
+
+
+class _ListSink:
+    """A sink keeping committed units in memory, with a state a resumed try must get back."""
+
+    def __init__(self) -> None:
+        self.units: list[list[dict[str, Any]]] = []
+        self.buffer: list[dict[str, Any]] = []
+        self.restored: list[dict[str, Any]] = []
+
+    @property
+    def pending(self) -> int:
+        return len(self.buffer)
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        self.buffer.extend(records)
+
+    def commit(self, index: int, token: str) -> int:
+        assert index == len(self.units)
+        self.units.append(self.buffer)
+        self.buffer = []
+        return len(self.units[-1])
+
+    def state(self) -> dict[str, Any]:
+        return {"committed": len(self.units)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.restored.append(state)
+
+
+class _Recording(MemoryCheckpointStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves: list[dict[str, Any]] = []
+
+    def save(self, value: dict[str, Any]) -> None:
+        super().save(value)
+        self.saves.append(json.loads(json.dumps(value)))
+
+
+def test_units_hold_whole_pages_and_each_commit_saves_the_next_page(
+    clio_emulator_factory: Callable[..., ClioEmulator], monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 95}, page_size=20)
+    hook = ClioHook(support.clio_connection(monkeypatch, emu), token_store=MemoryTokenStore())
+    plan = ExtractionPlan.build("grow/contacts", ["id"], None, Interval())
+    store = _Recording()
+    checkpointer = Checkpointer(store, plan.key())
+    sink = _ListSink()
+    result = Extraction(hook=hook, plan=plan, checkpointer=checkpointer, sink=sink, unit_size=50).run()
+    # Pages of 20: a unit is closed before the page that would take it past 50.
+    assert [len(unit) for unit in sink.units] == [40, 40, 15]
+    assert [r["id"] for unit in sink.units for r in unit] == [r["id"] for r in emu.records("contacts")]
+    assert (result.state.units, result.state.records, result.state.pages) == (3, 95, 5)
+    assert (result.resumed, result.pages_read) == (False, 5)
+    tokens = support.page_tokens(emu.requests)
+    # Each checkpoint names the first page the committed units do not hold; the last one, none.
+    assert [save["next_url"] and save["next_url"].split("page_token=")[1] for save in store.saves] == [
+        tokens[2],
+        tokens[4],
+        None,
+    ]
+    assert [save["units"] for save in store.saves] == [1, 2, 3]
+
+    # A try that finds a complete checkpoint reads no page, and the sink gets its state back (the final
+    # step, such as the manifest, needs it).
+    requests = emu.count(path_prefix="/grow")
+    again = _ListSink()
+    resumed = Extraction(
+        hook=hook, plan=plan, checkpointer=Checkpointer(store, plan.key()), sink=again, unit_size=50
+    ).run()
+    assert (resumed.resumed, resumed.resumed_units, resumed.pages_read) == (True, 3, 0)
+    assert again.restored == [{"committed": 3}]
+    assert emu.count(path_prefix="/grow") == requests
