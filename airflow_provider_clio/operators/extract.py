@@ -331,7 +331,10 @@ def remove_superseded_runs(destination: ObjectStoragePath, runs: Iterable[str]) 
     for child in children:
         name = child.name
         stale_run = name.startswith("run=") and name in wanted
-        stale_tmp = name.startswith(f"{MANIFEST_FILE}.tmp")
+        # Left by a crash mid-write: storage.write_atomic's temporary name, or the older ``.tmp-`` one.
+        stale_tmp = name.startswith(f"{MANIFEST_FILE}.tmp") or (
+            name.startswith(f".{MANIFEST_FILE}.") and name.endswith(".tmp")
+        )
         if not (stale_run or stale_tmp):
             continue
         # A leftover folder only costs space; never fail a committed run over it.

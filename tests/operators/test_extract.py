@@ -735,12 +735,14 @@ def test_a_commit_deletes_only_the_replaced_run_not_a_concurrent_one(
     in_progress.mkdir()
     (in_progress / "part-00000.jsonl").write_text('{"id": 1}\n')
     (destination / "_manifest.json.tmp-deadbeef").write_text("{")
+    (destination / "._manifest.json.k2j4h.tmp").write_text("{")
 
     second = _interval_operator(conn_id, destination, since, until).execute({})
     assert _run_folders(destination) == sorted([f"run={second['run']}", in_progress.name])
     assert f"run={first['run']}" not in _run_folders(destination)
     assert (in_progress / "part-00000.jsonl").exists()
     assert not (destination / "_manifest.json.tmp-deadbeef").exists()
+    assert not (destination / "._manifest.json.k2j4h.tmp").exists()
 
 
 def test_parquet_parts_of_a_run_and_its_resumed_try_share_one_schema(
