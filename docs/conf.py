@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 
 # autodoc imports the provider, which imports Airflow, which reads (and on first use writes) a config under
-# AIRFLOW_HOME: keep that out of the builder's ~/airflow unless the caller chose a home.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="clio-docs-airflow-"))
+# AIRFLOW_HOME: keep that in the build folder, not the builder's ~/airflow, unless the caller chose a home.
+os.environ.setdefault("AIRFLOW_HOME", str(DOCS / "_build" / "airflow-home"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
@@ -24,7 +23,7 @@ from airflow_provider_clio import __version__  # noqa: E402
 
 project = "airflow-provider-clio"
 author = "airflow-provider-clio contributors"
-copyright = "the airflow-provider-clio contributors"  # noqa: A001 - Sphinx's setting name
+copyright = "the airflow-provider-clio contributors"
 release = __version__
 version = __version__
 
@@ -66,6 +65,7 @@ def _drop_missing_plot(app: Any, docname: str, source: list[str]) -> None:
 
 def setup(app: Any) -> None:
     app.connect("source-read", _drop_missing_plot)
+
 
 # emulator.md shows an abbreviated JSON line ("{...}") that Pygments cannot lex; it falls back to plain text.
 suppress_warnings = ["misc.highlighting_failure"]
