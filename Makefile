@@ -34,6 +34,17 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py
 
+# The user guide and API reference as HTML in docs/_build/html; any Sphinx warning fails the build.
+# Not part of `make test`: CI runs it as its own step.
+.PHONY: docs
+$(VENV)/.docs-installed: $(VENV)/.installed docs/requirements.txt constraints.txt
+	$(PIP) install --quiet -c constraints.txt -r docs/requirements.txt
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	rm -rf docs/_build/html docs/_build/doctrees
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
+
 emulator: $(VENV)/.installed
 	$(PY) -m airflow_provider_clio.testing.emulator --port 8765
 
