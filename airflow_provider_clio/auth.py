@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import sys
 import tempfile
 import threading
@@ -39,11 +40,14 @@ from airflow_provider_clio.exceptions import (
     ClioAuthError,
     ClioConfigError,
     ClioError,
+    ClioFatalError,
     ClioRateLimitError,
     ClioTokenRaceError,
     ClioTransientError,
+    error_for_status,
     error_message,
 )
+from airflow_provider_clio.responses import parse_retry_after
 
 if TYPE_CHECKING:
     import requests
@@ -546,6 +550,42 @@ class TokenManager:
             self._unsaved = None
             log.info("Exchanged an authorization code for Clio tokens (connection %s).", self.conn_id)
             return tokens
+
+    def verify_client_credentials(self) -> None:
+        """Raise unless the token endpoint accepts the client id and secret; spends no token."""
+        # Made up on the spot: it was never issued, so presenting it cannot look like the reuse of a token.
+        bogus = f"airflow-provider-clio-test-{secrets.token_urlsafe(16)}"
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": bogus,
+            "client_id": self.client_id,
+            "client_secret": self._client_secret,
+        }
+        response = self._post(self.token_url, form)
+        status = response.status_code
+        known = (self._initial.refresh_token, self._initial.access_token or "")
+        error, message = self._error(response, secrets=(*known, bogus))
+        if error == "invalid_grant" and 400 <= status < 500:
+            return  # the client authenticated; only the (made-up) grant was refused
+        if error == "invalid_client":
+            raise ClioAuthError(
+                f"Clio rejected the client credentials (invalid_client: {message}). Check the connection's "
+                "login (client id / App Key), password (client secret) and region.",
+                status_code=status,
+                endpoint="oauth/token",
+            )
+        if 200 <= status < 300:
+            raise ClioFatalError(
+                "the token endpoint accepted a made-up refresh token: is the connection's host really Clio?",
+                status_code=status,
+                endpoint="oauth/token",
+            )
+        raise error_for_status(
+            status,
+            f"Clio's token endpoint answered {error or 'an error'}: {message}",
+            endpoint="oauth/token",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
 
     # -- internals (call with self._lock held) --------------------------------------------------------
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_clio.hooks.clio import ClioHook
     from airflow_provider_clio.pagination import Page
-    from airflow_provider_clio.rate_limit import RetrySettings
+    from airflow_provider_clio.retrying import RetrySettings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def connection_region_and_pool(clio_conn_id: str, region: str | None = None) -> 
     the ``us`` region; :func:`check_pool_and_region` fails the task at run time if the hook then resolves
     another pool.
     """
-    from airflow_provider_clio.rate_limit import pool_name_for
+    from airflow_provider_clio.pools import pool_name_for
 
     if region is not None and str(region).strip().lower() not in REGIONS:
         raise ClioConfigError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
@@ -108,7 +108,7 @@ def connection_region_and_pool(clio_conn_id: str, region: str | None = None) -> 
 
 def _connection_extra(extra: Mapping[str, Any], name: str) -> Any:
     """Read one extra like ``ClioConfig`` does: ``name``, else ``extra__clio__<name>``; empty is unset."""
-    from airflow_provider_clio.config import EXTRA_PREFIX
+    from airflow_provider_clio.connection import EXTRA_PREFIX
 
     value = extra.get(name)
     if value is None or value == "":
