@@ -7,6 +7,8 @@ observes the response. :func:`~airflow_provider_clio.responses.classify` then tu
 error of :mod:`airflow_provider_clio.exceptions`, and :class:`~airflow_provider_clio.retrying.RetrySettings`
 retries the retryable ones. The OAuth token endpoint uses the same path (without the pacer) through the
 ``post`` callable handed to :class:`~airflow_provider_clio.auth.TokenManager`.
+
+Over 400 lines: the public hook API's docstrings plus the one request path, kept together on purpose.
 """
 
 from __future__ import annotations
