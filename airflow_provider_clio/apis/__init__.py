@@ -27,7 +27,7 @@ API_NAMES: tuple[str, ...] = ("platform",)
 """The APIs this package describes itself; :func:`api_names` also lists those registered at run time."""
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)  # one object per API: compared and hashed by identity
 class ApiSpec:
     """
     The rules of one Clio API that the request path depends on.
