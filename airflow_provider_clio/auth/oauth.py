@@ -27,7 +27,7 @@ from airflow_provider_clio.exceptions import (
     scrub,
     truncate,
 )
-from airflow_provider_clio.rate_limit import parse_retry_after
+from airflow_provider_clio.responses import parse_retry_after
 
 if TYPE_CHECKING:
     import requests

@@ -93,7 +93,7 @@ def auth(args: argparse.Namespace) -> None:
     config = hook.config
     state = secrets.token_urlsafe(16)
     url = authorize_url(
-        hook.authorize_url,
+        config.authorize_url,
         client_id=config.client_id,
         redirect_uri=args.redirect_uri,
         state=state,
@@ -134,7 +134,7 @@ def pools(args: argparse.Namespace) -> None:
     from airflow.api.client import get_current_api_client
     from airflow.exceptions import PoolNotFound
 
-    from airflow_provider_clio.rate_limit import pool_name_for
+    from airflow_provider_clio.pools import pool_name_for
 
     client = get_current_api_client()
     for region in args.region:
