@@ -313,6 +313,15 @@ def test_check_finds_a_connection_stored_in_the_database(airflow_db, emulator):
     _assert_no_secrets(result, [stored.access_token or "-"])
 
 
+def test_airflows_own_connection_test_works_on_a_stored_connection(airflow_db, emulator):
+    # docs/troubleshooting.md's workaround for the UI's Test button answering "Bad Request" on 3.3.2.
+    conn_id, _, extra = _db_connection(emulator)
+    result = airflow("connections", "test", conn_id, env={"AIRFLOW__CORE__TEST_CONNECTION": "Enabled"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Connection success!" in result.stdout
+    _assert_no_secrets(result, [CLIENT_SECRET, extra["refresh_token"]])
+
+
 def test_check_fails_when_the_pool_exceeds_the_limit(airflow_db, emulator):
     pool = f"clio_over_{uuid.uuid4().hex[:6]}"
     _create_pool(pool, 3)
