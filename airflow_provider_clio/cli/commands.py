@@ -22,7 +22,12 @@ from airflow.utils.providers_configuration_loader import providers_configuration
 from airflow_provider_clio.cli.authorize import CodeReceiver, authorize_url, code_from
 from airflow_provider_clio.cli.checks import budget_problem, read_pool, slots_for, token_store_problem
 from airflow_provider_clio.cli.context import connection_extra, open_hook, pool_name_for, server_context
-from airflow_provider_clio.cli.handover import handover_document, instructions, write_token_file
+from airflow_provider_clio.cli.handover import (
+    handover_document,
+    instructions,
+    reserve_stdout,
+    write_token_file,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_clio.auth import TokenSet
@@ -44,7 +49,9 @@ def auth(args: argparse.Namespace) -> None:
     local = bool(args.print_only or args.token_file)
     # In local mode the pair goes to the deployment, never into this machine's Airflow.
     store = MemoryTokenStore() if local else VariableTokenStore()
-    say = sys.stderr if args.print_only else sys.stdout  # --print-only keeps stdout for the JSON alone
+    # --print-only keeps stdout for the JSON alone: everything else (logs included) goes to stderr.
+    json_out = reserve_stdout() if args.print_only else sys.stdout
+    say = sys.stderr if args.print_only else sys.stdout
     hook = open_hook(args.conn_id, store)
     config = hook.config
     state = secrets.token_urlsafe(16)
@@ -68,7 +75,7 @@ def auth(args: argparse.Namespace) -> None:
         hook.close()
     key = VariableTokenStore().key(config.conn_id)
     if local:
-        _hand_over(args, config.conn_id, extra, tokens, key)
+        _hand_over(args, config.conn_id, extra, tokens, key, json_out)
         return
     print(f"Stored the OAuth tokens of connection {config.conn_id!r} in the Airflow Variable {key!r}.")
     _print_expiry(say, tokens)
@@ -99,14 +106,16 @@ def _print_expiry(say: TextIO, tokens: TokenSet) -> None:
         )
 
 
-def _hand_over(args: argparse.Namespace, conn_id: str, extra: dict, tokens: TokenSet, key: str) -> None:
+def _hand_over(
+    args: argparse.Namespace, conn_id: str, extra: dict, tokens: TokenSet, key: str, json_out: TextIO
+) -> None:
     document = handover_document(conn_id, extra, tokens, key)
     if args.token_file:
         write_token_file(args.token_file, document)
         print(instructions(conn_id, key, f"the file {args.token_file}, mode 0600"))
         return
     print(instructions(conn_id, key, "the JSON printed on stdout"), file=sys.stderr)
-    print(json.dumps(document, indent=2), flush=True)
+    print(json.dumps(document, indent=2), file=json_out, flush=True)
 
 
 @cli_utils.action_cli

@@ -29,7 +29,8 @@ def server_context() -> None:
     os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "server"
     # The metastore's Connection masks every extra value, and warns once about short ones such as the
     # region "us": noise on the first line a newcomer reads, and nothing the command can act on.
-    logging.getLogger("airflow._shared.secrets_masker.secrets_masker").setLevel(logging.ERROR)
+    for masker in ("airflow._shared.secrets_masker", "airflow.sdk._shared.secrets_masker"):
+        logging.getLogger(f"{masker}.secrets_masker").setLevel(logging.ERROR)
 
 
 def open_hook(conn_id: str, store: TokenStore | None = None) -> ClioHook:

@@ -10,18 +10,33 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from airflow_provider_clio.storage import replace_local
 
 if TYPE_CHECKING:
     from airflow_provider_clio.auth import TokenSet
 
-__all__ = ["TOKEN_EXTRAS", "handover_document", "instructions", "write_token_file"]
+__all__ = ["TOKEN_EXTRAS", "handover_document", "instructions", "reserve_stdout", "write_token_file"]
 
 TOKEN_EXTRAS = ("refresh_token", "access_token", "expires_at")
 """The connection extras that hold tokens (replaced by the handed-over pair)."""
+
+
+def reserve_stdout() -> TextIO:
+    """
+    Keep stdout for the JSON alone: return a stream on the real stdout and send file descriptor 1 to stderr.
+
+    Airflow's log handlers write to stdout through stream objects captured at start-up, so redirecting
+    ``sys.stdout`` would not stop an info line from landing in the middle of the JSON; moving the file
+    descriptor does.
+    """
+    sys.stdout.flush()
+    json_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return json_out
 
 
 def handover_document(
