@@ -157,3 +157,38 @@ def test_localhost_is_served_on_ipv4_whatever_happens_on_ipv6():
         ).start()
         assert receiver.wait() == "c4"
     stdin.released.set()
+
+
+def test_the_emulators_authorize_redirect_completes_with_a_plain_get(clio_emulator_factory):
+    # What `airflow clio auth` relies on: a GET that follows the redirect lands on the listener with a
+    # code and the state; a request that cannot get a code lands there with the error and the state.
+    emulator = clio_emulator_factory(rate_limit=1000)
+    emulator.register_app("scoped-app", "scoped-secret-01", region="us", scopes=["grow_contact_read"])
+    uri = f"http://127.0.0.1:{free_port()}/callback?tenant=a"
+    for scope, expected in (("grow_contact_read", "code"), ("grow_matter_read", "invalid_scope")):
+        stdin = _BlockingStdin()
+        with CodeReceiver(uri, "st-1", timeout=30, stdin=stdin, prompt=io.StringIO()) as receiver:
+            url = authorize_url(
+                f"{emulator.url}/oauth/authorize",
+                client_id="scoped-app",
+                redirect_uri=uri,
+                state="st-1",
+                scope=scope,
+            )
+            page = requests.get(url, timeout=30)
+            assert page.status_code == 200
+            assert parse_qs(urlsplit(page.url).query)["tenant"] == ["a"]  # the URI's own query is kept
+            if expected == "code":
+                assert receiver.wait().startswith("emu-code-")
+            else:
+                with pytest.raises(SystemExit, match="Clio answered invalid_scope: requested scopes exceed"):
+                    receiver.wait()
+        stdin.released.set()
+    location = requests.get(
+        f"{emulator.url}/oauth/authorize",
+        params={"client_id": "scoped-app", "redirect_uri": uri, "response_type": "token", "state": "s"},
+        allow_redirects=False,
+        timeout=30,
+    ).headers["Location"]
+    with pytest.raises(SystemExit, match="unsupported_response_type"):
+        code_from(location, state="s")
