@@ -18,8 +18,17 @@ from airflow_provider_clio.regions import REGIONS
 if TYPE_CHECKING:
     from airflow.cli.cli_config import CLICommand
 
+__all__ = [
+    "CLIO_COMMANDS",
+    "DEFAULT_REDIRECT_URI",
+    "get_clio_cli_commands",
+    "positive_number",
+    "regions_argument",
+    "slots_argument",
+]
+
 DEFAULT_REDIRECT_URI = "http://localhost:8910/callback"
-"""The redirect URI the docs tell users to register with their Clio application."""
+"""The redirect URI the docs tell users to register with their Clio application (``auth`` listens there)."""
 
 
 def regions_argument(value: str) -> list[str]:
@@ -72,7 +81,7 @@ ARG_REDIRECT_URI = Arg(
     default=DEFAULT_REDIRECT_URI,
     help=(
         "Redirect URI registered with the Clio application; must match exactly "
-        f"(default: {DEFAULT_REDIRECT_URI})."
+        f"(default: {DEFAULT_REDIRECT_URI}, which this command listens on)."
     ),
 )
 ARG_CODE = Arg(
