@@ -46,6 +46,8 @@ def auth(args: argparse.Namespace) -> None:
     from airflow_provider_clio.auth import MemoryTokenStore, VariableTokenStore
     from airflow_provider_clio.exceptions import ClioError
 
+    if args.print_only and args.token_file:
+        raise SystemExit("error: --print-only and --token-file exclude each other: pick where the pair goes")
     local = bool(args.print_only or args.token_file)
     # In local mode the pair goes to the deployment, never into this machine's Airflow.
     store = MemoryTokenStore() if local else VariableTokenStore()

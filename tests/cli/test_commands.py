@@ -487,3 +487,7 @@ def test_auth_token_file_is_private_and_keeps_the_tokens_off_the_terminal(airflo
     assert f"the file {path}, mode 0600" in result.stdout
     _assert_no_secrets(result, [handed["refresh_token"], handed["access_token"], CLIENT_SECRET])
     assert VariableTokenStore().load(conn_id) is None
+
+    both = airflow("clio", "auth", "--conn-id", conn_id, "--print-only", "--token-file", str(path))
+    assert both.returncode == 1
+    assert "--print-only and --token-file exclude each other" in both.stderr
