@@ -141,7 +141,8 @@ def merge_extract(
     and commits ``conn`` on success (rolls back on failure). The extraction must select ``id`` and
     ``updated_at``.
 
-    :param conn: A DB-API connection (``psycopg2`` for ``postgres``), e.g. ``PostgresHook(...).get_conn()``.
+    :param conn: A DB-API connection (``psycopg2`` or ``psycopg`` 3 for ``postgres``), e.g.
+        ``PostgresHook(...).get_conn()``.
     :param destination: The extract operator's rendered ``destination`` (a committed folder).
     :param target: Table name, optionally schema-qualified (``analytics.clio_contacts``).
     :param region: The Clio region the extraction came from, stored in ``_clio_region``.
@@ -232,7 +233,7 @@ class _PostgresMerge:
         with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as csv_file:
             self._write_csv(spool, csv_file)
             csv_file.seek(0)
-            self.cur.copy_expert("COPY _clio_stage FROM STDIN WITH (FORMAT csv)", csv_file)
+            _copy(self.cur, "COPY _clio_stage FROM STDIN WITH (FORMAT csv)", csv_file)
         self.cur.execute(f"SELECT count(*) FROM {self.table}")  # noqa: S608 - validated identifiers
         before = self.cur.fetchone()[0]
         self.cur.execute(self._merge_sql(types), {"region": self.region, "run": self.run_token})
@@ -300,6 +301,16 @@ class _PostgresMerge:
             f"WHEN NOT MATCHED THEN INSERT ({', '.join([*map(_q, names), *METADATA_COLUMNS])}) "
             f"VALUES ({', '.join(f's.{_q(n)}' for n in names)}, {meta})"
         )
+
+
+def _copy(cur: Any, sql: str, source: IO[str]) -> None:
+    """Run ``COPY ... FROM STDIN`` with psycopg2 (``copy_expert``) or psycopg 3 (``copy``)."""
+    if hasattr(cur, "copy_expert"):
+        cur.copy_expert(sql, source)
+        return
+    with cur.copy(sql) as copy:
+        while chunk := source.read(1 << 16):
+            copy.write(chunk)
 
 
 def _meta_sets() -> list[str]:
