@@ -46,6 +46,7 @@ __all__ = [
     "ExtractColumns",
     "announce_extract",
     "announced_extracts",
+    "committed_parts",
     "merge_extract",
 ]
 
@@ -59,6 +60,7 @@ METADATA_COLUMNS: Mapping[str, str] = {
 DIALECTS = ("postgres",)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PART = re.compile(r"run=[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _SEQ = "_clio_seq"
 """Staging-only column: the record's position in the extraction, the tie-break of the dedupe."""
 
@@ -343,6 +345,22 @@ def _qualified(target: str) -> str:
     if not 1 <= len(parts) <= 2:
         raise ClioConfigError(f"target must be 'table' or 'schema.table', got {target!r}")
     return ".".join(_q(part) for part in parts)
+
+
+def committed_parts(destination: str | ObjectStoragePath) -> list[str]:
+    """
+    Return the part files the manifest at ``destination`` commits, relative to it, in extraction order.
+
+    For warehouses that load files themselves (Snowflake ``COPY INTO ... FILES = (...)``, BigQuery
+    ``source_objects``): name exactly these files, never a listing of the folder, which may also hold a
+    superseded or in-progress ``run=`` folder.
+    """
+    root = destination if isinstance(destination, ObjectStoragePath) else ObjectStoragePath(destination)
+    paths = [entry.get("path") if isinstance(entry, Mapping) else None for entry in _manifest(root)["files"]]
+    for path in paths:
+        if not isinstance(path, str) or not _PART.fullmatch(path) or ".." in path.split("/"):
+            raise ClioConfigError(f"{root / MANIFEST_FILE} lists {path!r}, which is not a part file of it")
+    return [str(path) for path in paths]
 
 
 def announce_extract(*assets: Any) -> Callable[[Any, Any], None]:

@@ -23,6 +23,7 @@ from airflow_provider_clio.warehouse import (
     ExtractColumns,
     announce_extract,
     announced_extracts,
+    committed_parts,
     merge_extract,
 )
 
@@ -157,6 +158,11 @@ def test_parquet_extract_merges_exact_rows_and_a_rerun_changes_nothing(
     assert {(region, run) for _, _, region, run in meta} == {("us", first["run"])}
     assert len({loaded for _, loaded, _, _ in meta}) == 1  # one transaction, one load time
 
+    # What a warehouse loading the files itself (Snowflake, BigQuery) must name: the manifest's parts.
+    assert committed_parts(f"file://{destination}") == [
+        f"run={first['run']}/part-0000{i}.parquet" for i in range(3)
+    ]
+
     # The same interval extracted again (a new run folder) and merged again: nothing changes at all.
     snapshot = _rows(pg, table, ["*"])
     second = _extract(emu, monkeypatch, support, destination, FIELDS)
@@ -262,6 +268,10 @@ def test_bad_input_fails_before_touching_the_database(tmp_path: Path) -> None:
         merge_extract(object(), f"file://{tmp_path / 'x'}", "t", region="us", dialect="oracle")
     with pytest.raises(FileNotFoundError):
         merge_extract(object(), f"file://{tmp_path / 'nothing'}", "t", region="us")
+    manifest = tmp_path / "x" / "_manifest.json"
+    manifest.write_text(json.dumps({"run": "x", "files": [{"path": "../elsewhere/part-00000.jsonl"}]}))
+    with pytest.raises(ClioConfigError, match="not a part file"):
+        committed_parts(f"file://{tmp_path / 'x'}")
 
 
 def test_logical_types_follow_the_values_and_the_field_selection() -> None:
