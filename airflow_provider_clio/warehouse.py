@@ -9,7 +9,8 @@ that Asset calls :func:`merge_extract` for each announced folder (:func:`announc
 
 1. streams the manifest's records (``read_extract``) into a staging table of text columns (``COPY`` on
    PostgreSQL), with their position in the extraction;
-2. adds any column the target lacks, nullable (schema drift: a field Clio added or the DAG newly selects);
+2. locks the target against other loads (not readers) and adds any column it lacks, nullable (schema
+   drift: a field Clio added or the DAG newly selects);
 3. keeps one staged row per ``id``, the one with the latest ``updated_at`` (the last one on a tie), so the
    target ends with one row per id even where keys are not enforced;
 4. ``MERGE`` on ``id``: inserts new ids; updates a row only when the staged one is not older and differs, so
@@ -20,7 +21,8 @@ and ``_clio_run`` (the extraction run that delivered the row's current version).
 keeps its column: existing rows keep their last value, new rows get NULL.
 
 Executed dialect: ``postgres`` (15+, for ``MERGE``). Snowflake and BigQuery are documented in
-docs/warehouse.md with their own providers' operators.
+docs/warehouse.md with their own providers' operators. (Slightly over 400 lines: the loader's SQL and the
+Asset helpers that feed it read best together.)
 """
 
 from __future__ import annotations
@@ -172,6 +174,10 @@ def merge_extract(
             if required not in columns.kinds:
                 raise ClioConfigError(f"{root} has no {required!r} column: select it in the extract's fields")
         spool.seek(0)
+        # One transaction, also on an autocommit connection: the staging table lives until the commit.
+        autocommit = bool(getattr(conn, "autocommit", False))
+        if autocommit:
+            conn.autocommit = False
         try:
             with contextlib.closing(conn.cursor()) as cur:
                 result = _PostgresMerge(cur, table, columns, region, str(manifest.get("run"))).run(spool)
@@ -179,6 +185,9 @@ def merge_extract(
         except BaseException:
             conn.rollback()
             raise
+        finally:
+            if autocommit:
+                conn.autocommit = True
     return _summary(manifest, staged, *result)
 
 
@@ -256,12 +265,15 @@ class _PostgresMerge:
     def _prepare_target(self) -> tuple[dict[str, str], list[str]]:
         """Create the target or add its missing columns; return (column -> SQL type, added columns)."""
         wanted = {name: _PG_TYPES[self.columns.logical_type(name)] for name in self.columns.names}
-        existing = self._target_types()
-        if not existing:
+        self.cur.execute("SELECT to_regclass(%s)", (self.table,))
+        if self.cur.fetchone()[0] is None:
             cols = [f"{_q(n)} {t}{' PRIMARY KEY' if n == 'id' else ''}" for n, t in wanted.items()]
             cols += [f"{_q(n)} {t}" for n, t in METADATA_COLUMNS.items()]
             self.cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({', '.join(cols)})")
             return {**wanted, **METADATA_COLUMNS}, []
+        # One load of a target at a time (readers go on): two MERGEs inserting the same new id would collide.
+        self.cur.execute(f"LOCK TABLE {self.table} IN SHARE ROW EXCLUSIVE MODE")
+        existing = self._target_types()
         added = [name for name in [*wanted, *METADATA_COLUMNS] if name not in existing]
         for name in added:
             # Nullable: rows loaded before the field existed have no value for it.
@@ -271,9 +283,6 @@ class _PostgresMerge:
         return existing, [name for name in added if name in wanted]
 
     def _target_types(self) -> dict[str, str]:
-        self.cur.execute("SELECT to_regclass(%s)", (self.table,))
-        if self.cur.fetchone()[0] is None:
-            return {}
         self.cur.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
@@ -295,7 +304,8 @@ class _PostgresMerge:
             f"ROW({', '.join(f'{side}.{_q(n)}' for n in data)})" for side in "ts"
         )
         meta = "now(), %(region)s, %(run)s"
-        sets = ", ".join([*(f"{_q(n)} = s.{_q(n)}" for n in data), *_meta_sets()])
+        meta_sets = ["_loaded_at = now()", "_clio_region = %(region)s", "_clio_run = %(run)s"]
+        sets = ", ".join([*(f"{_q(n)} = s.{_q(n)}" for n in data), *meta_sets])
         return (
             f"MERGE INTO {self.table} AS t USING ({latest}) AS s ON t.id = s.id "  # noqa: S608 - quoted names
             "WHEN MATCHED AND (t.updated_at IS NULL OR s.updated_at >= t.updated_at) "
@@ -313,10 +323,6 @@ def _copy(cur: Any, sql: str, source: IO[str]) -> None:
     with cur.copy(sql) as copy:
         while chunk := source.read(1 << 16):
             copy.write(chunk)
-
-
-def _meta_sets() -> list[str]:
-    return ["_loaded_at = now()", "_clio_region = %(region)s", "_clio_run = %(run)s"]
 
 
 def _manifest(root: ObjectStoragePath) -> dict[str, Any]:

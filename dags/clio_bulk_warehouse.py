@@ -9,7 +9,7 @@ Two DAGs joined by Assets (docs/warehouse.md):
   emits an event on the endpoint's Asset (``<CLIO_LAKE_ROOT>/<endpoint>``) naming that folder.
 - ``clio_bulk_merge`` runs when either Asset has new events and merges every announced folder into its table
   (``COPY`` into a staging table, latest row per id, ``MERGE``), one transaction per folder. It never calls
-  Clio, so it needs no Clio pool slot; ``max_active_runs=1`` keeps two loads of a table from racing.
+  Clio, so it needs no Clio pool slot. Loads of one table take turns (``merge_extract`` locks it).
 
 Trigger ``clio_bulk_extract`` with ``{"full_refresh": true}`` for the first load (every record, into the
 endpoint's ``full`` folder). Trigger ``clio_bulk_merge`` with

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -253,6 +254,53 @@ def test_duplicates_keep_the_latest_row_per_id_even_without_a_key(
     late = merge_extract(pg, f"file://{tmp_path / 'b'}", table, region="eu")
     assert (late["inserted"], late["updated"], late["unchanged"]) == (0, 0, 1)
     assert _rows(pg, table, ["id", "name"]) == [(1, "new"), (2, "second")]
+
+
+def test_concurrent_loads_of_one_target_take_turns(
+    pg: Any, postgres_dsn: str, table: str, tmp_path: Path
+) -> None:
+    import psycopg2
+
+    def records(name: str, day: int) -> list[dict[str, Any]]:
+        stamp = f"2026-05-{day:02d}T00:00:00+00:00"
+        return [{"id": i, "name": name, "updated_at": stamp} for i in range(1, 2001)]
+
+    _write_extract(tmp_path / "seed", "seed", records("seed", 1)[:1], "id,name,updated_at")
+    merge_extract(pg, f"file://{tmp_path / 'seed'}", table, region="us")
+    _write_extract(tmp_path / "a", "a", records("a", 2), "id,name,updated_at")
+    _write_extract(tmp_path / "b", "b", records("b", 3), "id,name,updated_at")
+    results: dict[str, Any] = {}
+
+    def load(folder: str) -> None:
+        conn = psycopg2.connect(postgres_dsn)
+        try:
+            results[folder] = merge_extract(conn, f"file://{tmp_path / folder}", table, region="us")
+        except Exception as err:  # reported below
+            results[folder] = err
+        finally:
+            conn.close()
+
+    # Both insert the same 1,999 new ids at once: without the table lock one would hit the primary key.
+    threads = [threading.Thread(target=load, args=(folder,)) for folder in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(isinstance(r, dict) for r in results.values()), results
+    rows = _rows(pg, table, ["id", "name"])
+    assert rows == [(i, "b") for i in range(1, 2001)]  # the later updated_at, whichever load went first
+
+
+def test_an_autocommit_connection_still_loads_in_one_transaction(pg: Any, table: str, tmp_path: Path) -> None:
+    _write_extract(
+        tmp_path / "a", "a", [{"id": 5, "name": "x", "updated_at": "2026-05-01T00:00:00+00:00"}], "id,name"
+    )
+    pg.autocommit = True  # the staging table must outlive the statements that use it
+    summary = merge_extract(pg, f"file://{tmp_path / 'a'}", table, region="au")
+    assert pg.autocommit is True
+    assert summary["inserted"] == 1
+    assert _rows(pg, table, ["id", "name", "_clio_region"]) == [(5, "x", "au")]
+    pg.autocommit = False
 
 
 def test_bad_input_fails_before_touching_the_database(tmp_path: Path) -> None:
