@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 EXTRAS := test,parquet,sqlite,postgres,openlineage
 
-.PHONY: test lint typecheck unit demo bench emulator dist lock clean
+.PHONY: test lint typecheck unit demo bench emulator dist lock clean soak
 
 # The venv is rebuilt whenever the lock, the packaging or the dev tools change. The package's extras are what
 # users get; requirements-dev.txt holds the repository's own tools (linters, pytest add-ons, build, twine).
@@ -31,6 +31,12 @@ test: lint typecheck unit
 
 demo: $(VENV)/.installed
 	$(PY) -m dev.demo
+
+# Both operators under a real scheduler: random 429/5xx, drops, a 60 s outage, short-lived tokens, SIGKILLed
+# tasks; fails on any lost or duplicated record or leaked secret (~5-10 min). The short form runs in `make test`
+# with CLIO_RUN_SLOW=1 or CI=true (tests/soak).
+soak: $(VENV)/.installed
+	$(PY) -m dev.soak --form full
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py
