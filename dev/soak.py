@@ -166,7 +166,8 @@ class SoakResult:
         for kill in self.kills:
             lines.append(
                 f"  SIGKILL {kill['task']} try {kill['try']} pid {kill['pid']} at {kill['at']:.1f} s "
-                f"with {kill['units']} unit(s) committed"
+                f"with {kill['units']} unit(s) committed, {kill['after_refresh']:.1f} s after the last "
+                "token refresh (its rotated pair saved)"
             )
         lines.append(f"  secrets checked {f.get('secrets')}, leaks {len(self.leaks)} {self.leaks[:5]}")
         return "\n".join(lines)
@@ -216,13 +217,16 @@ class _Chaos:
         self.kills: list[dict[str, Any]] = []
         self.outage_start: float | None = None
         self.outage_end: float | None = None
+        self._stored: tuple[Any, ...] = ()
+        self._stored_changed = 0.0
         self.pages = 2 * -(-settings.records // settings.page_size)
 
     def tick(self) -> None:
         """One step of the driver loop (every ~0.5 s)."""
+        rotated = self._rotation_saved()
         for task in TASKS:
-            if task not in {k["task"] for k in self.kills}:
-                self._maybe_kill(task)
+            if rotated is not None and task not in {k["task"] for k in self.kills}:
+                self._maybe_kill(task, rotated)
         now = time.monotonic()
         served = self.emu.count(status=200, path_prefix="/grow")
         if self.outage_start is None and self.kills and served >= self.pages // 2:
@@ -235,7 +239,27 @@ class _Chaos:
             self.emu.set_faults(self.settings.faults)
             self.outage_end = now
 
-    def _maybe_kill(self, task: str) -> None:
+    def _rotation_saved(self) -> float | None:
+        """
+        Return the seconds since the last refresh if its new pair is saved and no refresh is due, else None.
+
+        Clio revokes a refresh token when it is used, so a process killed after the refresh answered and
+        before it saved the new pair takes the only valid refresh token with it: no client can avoid that, and
+        the next tries fail with ``invalid_grant`` until someone authorizes again. The soak kills outside that
+        window: after the token store changed following the last refresh, and before the next refresh is due
+        (at half the access token's lifetime).
+        """
+        now = time.monotonic()
+        stored = tuple(self.af.query("SELECT key, val FROM variable WHERE key LIKE 'clio%' ORDER BY key"))
+        if stored != self._stored:
+            self._stored, self._stored_changed = stored, now
+        issued = [r.t for r in self.emu.requests if r.path.startswith("/oauth/token") and r.status == 200]
+        if not issued or self._stored_changed <= max(issued):
+            return None
+        since = now - max(issued)
+        return since if since < self.settings.token_ttl / 2 - 1.0 else None
+
+    def _maybe_kill(self, task: str, rotated: float) -> None:
         rows = self.af.query(
             "SELECT s.value, t.id, t.try_number FROM task_state_store s JOIN task_instance t "
             "ON t.dag_id = s.dag_id AND t.run_id = s.run_id AND t.task_id = s.task_id "
@@ -264,6 +288,7 @@ class _Chaos:
                         "pid": proc.pid,
                         "units": checkpoint["units"],
                         "at": time.monotonic() - self.started,
+                        "after_refresh": rotated,
                     }
                 )
                 return
