@@ -9,7 +9,7 @@ replayed after a crash between commit and checkpoint, or a rerun of the same int
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from airflow_provider_clio.checkpoint import (
 from airflow_provider_clio.columns import sql_type, to_cell
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.extraction import Extraction
+from airflow_provider_clio.fencing import attempt_of
 from airflow_provider_clio.fields import top_level_names
 from airflow_provider_clio.operators.base import ClioBaseOperator
 
@@ -130,6 +131,8 @@ class SqlSink:
         self._rows: list[dict[str, Any]] = []
         self._ignored: set[str] = set()
         self.log = hook.log
+        self.before_commit: Callable[[], None] | None = None
+        """Called inside each batch's transaction right before ``COMMIT`` (the try-number fence)."""
 
     @property
     def pending(self) -> int:
@@ -207,6 +210,8 @@ class SqlSink:
         rows = [self._row(record) for record in self._rows]
         sql = self.upsert_sql()
         if sql is None:
+            if self.before_commit is not None:
+                self.before_commit()  # insert_rows commits on its own: check before it
             # Unknown dialect: the hook's own REPLACE/MERGE generation, one transaction for the batch.
             self.hook.insert_rows(
                 ".".join(self.table_parts),
@@ -220,6 +225,8 @@ class SqlSink:
             try:
                 with closing(self.conn.cursor()) as cur:
                     cur.executemany(sql, rows)
+                if self.before_commit is not None:
+                    self.before_commit()
                 self.conn.commit()
             except BaseException:
                 self.conn.rollback()
@@ -335,7 +342,8 @@ class ClioToSqlOperator(ClioBaseOperator):
             raise ClioConfigError(f"Table {self.table} does not exist and create_table=False")
         hook = self.get_hook()
         key = plan.key(api=hook.base_url, target=f"{self.sql_conn_id}/{self.table}")
-        checkpointer = Checkpointer(store_for_context(context, lambda: _fallback_store(context)), key)
+        store = store_for_context(context, lambda: _fallback_store(context))
+        checkpointer = Checkpointer(store, key, owner=attempt_of(context))
         self.log.info(
             "Loading %s (fields=%s, interval=%s) into %s via %s",
             plan.endpoint,
@@ -349,6 +357,7 @@ class ClioToSqlOperator(ClioBaseOperator):
             if db_hook.supports_autocommit:
                 db_hook.set_autocommit(conn, False)
             sink = SqlSink(db_hook, conn, self.table, columns, self.create_table)
+            sink.before_commit = checkpointer.check
             result = Extraction(
                 hook=hook, plan=plan, checkpointer=checkpointer, sink=sink, unit_size=self.batch_size
             ).run()
