@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from airflow_provider_clio.testing import ClioEmulator
+from airflow_provider_clio.testing import ClioEmulator, Faults
 from airflow_provider_clio.testing.emulator import _parser
 from airflow_provider_clio.testing.manage import ManageSettings
 from airflow_provider_clio.testing.manage.limiter import TokenWindowLimiter, is_clio_peak
@@ -263,8 +263,8 @@ class TestSingleRecord:
         error(api.get(f"{emu.url}/api/v4/nonsense"), 404)
 
 
-def _limited(make: Make, **settings: Any) -> ClioEmulator:
-    return make(manage={"peak_limit": 5, "off_peak_limit": 8, **settings})
+def _limited(make: Make, faults: Faults | None = None, **settings: Any) -> ClioEmulator:
+    return make(manage={"peak_limit": 5, "off_peak_limit": 8, **settings}, faults=faults)
 
 
 class TestRateLimit:
@@ -351,6 +351,41 @@ class TestRateLimit:
         assert matters.headers["X-RateLimit-Remaining"] == "4"
         emu.set_manage_limit(None, endpoint="bills")
         assert api.get(url(emu, "bills")).headers["X-RateLimit-Limit"] == "5"
+
+    def test_another_client_on_the_same_token_uses_the_budget(
+        self, clio_emulator_factory: Make, sessions: Callable[..., requests.Session]
+    ) -> None:
+        emu = _limited(clio_emulator_factory)
+        api = sessions(emu)
+        assert api.get(url(emu, "matters")).headers["X-RateLimit-Remaining"] == "4"
+        emu.consume_manage_budget(3)
+        assert api.get(url(emu, "matters")).headers["X-RateLimit-Remaining"] == "0"
+        assert api.get(url(emu, "matters")).status_code == 429
+
+    def test_a_scripted_schedule_switches_by_time(
+        self, clio_emulator_factory: Make, sessions: Callable[..., requests.Session]
+    ) -> None:
+        switch_at = time.time() + 0.3
+        emu = _limited(clio_emulator_factory, peak=lambda region, at: at < switch_at)
+        api = sessions(emu)
+        assert api.get(url(emu, "matters")).headers["X-RateLimit-Limit"] == "5"
+        time.sleep(max(0.0, switch_at - time.time()) + 0.05)
+        assert api.get(url(emu, "matters")).headers["X-RateLimit-Limit"] == "8"
+
+    def test_injected_faults_answer_manage_bodies_with_the_window_headers(
+        self, clio_emulator_factory: Make, sessions: Callable[..., requests.Session]
+    ) -> None:
+        emu = _limited(clio_emulator_factory, faults=None)
+        emu.set_faults(Faults(outage_requests=2, outage_status=429))
+        api = sessions(emu)
+        first = api.get(url(emu, "matters"))
+        assert error(first, 429)["type"] == "RateLimited"
+        assert first.headers["X-RateLimit-Remaining"] == "5"
+        assert 1 <= int(first.headers["Retry-After"]) <= 60
+        emu.set_faults(Faults(outage_requests=1, outage_status=503))
+        assert error(api.get(url(emu, "matters")), 503)["type"] == "ServiceUnavailable"
+        assert api.get(url(emu, "matters")).headers["X-RateLimit-Remaining"] == "4"
+        assert [r.fault for r in emu.manage_requests()] == ["outage", "outage", None]
 
     def test_clio_schedule_follows_each_regions_weekday_hours(self) -> None:
         # Wed 2026-03-04 18:00 UTC = 10:00 Pacific (US peak), 18:00 GMT (EU peak), 05:00 AEDT next day.

@@ -14,10 +14,10 @@ from __future__ import annotations
 import datetime
 import math
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from airflow_provider_clio.testing.manage.settings import CLIO_SCHEDULE
+from airflow_provider_clio.testing.manage.settings import CLIO_SCHEDULE, PeakSetting, check_peak
 
 __all__ = ["Admission", "TokenWindowLimiter", "is_clio_peak"]
 
@@ -84,7 +84,8 @@ class TokenWindowLimiter:
 
     :param peak_limit: limit at peak (None: unlimited).
     :param off_peak_limit: limit off-peak (None: unlimited).
-    :param peak: ``True``, ``False`` or ``"clio"`` (Clio's schedule of the token's region, by ``at``).
+    :param peak: ``True``, ``False``, ``"clio"`` (Clio's schedule of the token's region, by ``at``) or
+        ``schedule(region, unix_time) -> is_peak``.
     :param endpoint_limits: resource -> its own limit, at any time of day.
     :param window: window length in seconds.
     """
@@ -93,7 +94,7 @@ class TokenWindowLimiter:
         self,
         peak_limit: int | None,
         off_peak_limit: int | None,
-        peak: bool | str = True,
+        peak: PeakSetting = True,
         endpoint_limits: Mapping[str, int] | None = None,
         window: float = 60.0,
     ) -> None:
@@ -103,19 +104,19 @@ class TokenWindowLimiter:
         self._endpoint_limits: dict[str, int] = dict(endpoint_limits or {})
         self.window = window
         # key -> [window end (Unix seconds, exact), admitted count]
-        self._windows: dict[Hashable, list[float]] = {}
+        self._windows: dict[tuple[str, str | None], list[float]] = {}
+        self._regions: dict[str, str] = {}  # token id -> region, for consume() under Clio's schedule
 
     # -- knobs ---------------------------------------------------------------------------------
 
     @property
-    def peak(self) -> bool | str:
-        """``True``, ``False`` or ``"clio"``."""
+    def peak(self) -> PeakSetting:
+        """``True``, ``False``, ``"clio"`` or a schedule callable."""
         return self._peak
 
-    def set_peak(self, peak: bool | str) -> None:
-        """Switch between peak (True), off-peak (False) and Clio's schedule (``"clio"``) at run time."""
-        if peak not in (True, False, CLIO_SCHEDULE):
-            raise ValueError(f"peak must be True, False or {CLIO_SCHEDULE!r}")
+    def set_peak(self, peak: PeakSetting) -> None:
+        """Switch to peak (True), off-peak (False), Clio's schedule (``"clio"``) or a callable at run time."""
+        check_peak(peak)
         with self._lock:
             self._peak = peak
 
@@ -145,12 +146,14 @@ class TokenWindowLimiter:
             return {
                 "peak_limit": self._limits[True],
                 "off_peak_limit": self._limits[False],
-                "peak": self._peak,
+                "peak": self._peak if not callable(self._peak) else "schedule",
                 "endpoint_limits": dict(self._endpoint_limits),
                 "window": self.window,
             }
 
     def _is_peak(self, region: str, at: float) -> bool:
+        if callable(self._peak):
+            return bool(self._peak(region, at))
         if self._peak == CLIO_SCHEDULE:
             return is_clio_peak(region, at)
         return bool(self._peak)
@@ -170,6 +173,7 @@ class TokenWindowLimiter:
             own = self._endpoint_limits.get(resource) if resource is not None else None
             limit = own if own is not None else self._limits[self._is_peak(region, at)]
             key = (token_id, resource if own is not None else None)
+            self._regions[token_id] = region
             state = self._windows.get(key)
             if state is None or at >= state[0]:
                 state = [at + self.window, 0.0]
@@ -181,6 +185,19 @@ class TokenWindowLimiter:
                 state[1] = used = used + 1
         remaining = 0 if limit is None else max(0, limit - int(used))
         return Admission(admitted, limit, remaining, math.ceil(end), max(1, math.ceil(end - at)))
+
+    def consume(self, n: int, token_id: str | None = None, at: float | None = None) -> None:
+        """Count ``n`` requests in a token's window (default: every token seen), as another client would.
+
+        Requests beyond the limit are dropped, as the refused requests of that other client would be.
+        """
+        at = _now() if at is None else at
+        with self._lock:
+            tokens = {key[0] for key in self._windows} if token_id is None else {token_id}
+        for tid in tokens:
+            region = self._regions.get(tid, "us")
+            for _ in range(n):
+                self._admit(tid, region, None, at, count=True)
 
     def reset(self) -> None:
         """Forget every window."""

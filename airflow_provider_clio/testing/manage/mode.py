@@ -13,11 +13,11 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from airflow_provider_clio.testing.faults import FaultInjector
-from airflow_provider_clio.testing.manage.data import ManageStore
+from airflow_provider_clio.testing.manage.data import MANAGE_RESOURCES, ManageStore
 from airflow_provider_clio.testing.manage.limiter import TokenWindowLimiter
 from airflow_provider_clio.testing.manage.oauth import ManageOAuthServer
 from airflow_provider_clio.testing.manage.routes import ManageRouter, manage_error, token_id
-from airflow_provider_clio.testing.manage.settings import ManageSettings
+from airflow_provider_clio.testing.manage.settings import ManageSettings, PeakSetting
 from airflow_provider_clio.testing.oauth import DEFAULT_SECRET, REGIONS, EmulatorApp
 from airflow_provider_clio.testing.recorder import RequestLog, RequestRecord
 from airflow_provider_clio.testing.server import Request, Response, json_response
@@ -85,7 +85,7 @@ class ManageMode:
         return {**app.to_dict(), "refresh_token": self.oauth.issue_refresh_token(app.client_id)}
 
     def _admin_stats(self, _: dict[str, Any]) -> dict[str, Any]:
-        counts = {res: self.store.count(res) for res in self.settings.records or {}}
+        counts = {res: self.store.count(res) for res in MANAGE_RESOURCES}
         return {"limits": self.limiter.limits(), "records": counts}
 
 
@@ -177,9 +177,13 @@ class ManageEmulatorMixin:
         """Change a Manage limit at run time (see ``TokenWindowLimiter.set_limit``); a drop bites at once."""
         self._manage.limiter.set_limit(limit, endpoint, peak)
 
-    def set_peak(self, peak: bool | str) -> None:
-        """Switch Manage to peak (True), off-peak (False) or Clio's clock-driven schedule (``"clio"``)."""
+    def set_peak(self, peak: PeakSetting) -> None:
+        """Switch Manage to peak (True), off-peak (False), Clio's schedule (``"clio"``) or a callable."""
         self._manage.limiter.set_peak(peak)
+
+    def consume_manage_budget(self, n: int, token_id: str | None = None) -> None:
+        """Use ``n`` requests of a token's current window (default: every token seen), like another client."""
+        self._manage.limiter.consume(n, token_id)
 
     @staticmethod
     def manage_token_id(token: str) -> str:

@@ -266,11 +266,11 @@ class ManageRouter:
         sep = "&" if "?" in redirect_uri else "?"
         return Response(302, b"", [("Location", redirect_uri + sep + urlencode(answer))])
 
-    def _deauthorize(self, request: Request) -> Response | None:
+    def _deauthorize(self, request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         grant: AccessGrant | None = self.oauth.grant_of(token.strip()) if scheme.lower() == "bearer" else None
         if grant is None:
-            return None if not token else json_response(401, INVALID_TOKEN)
+            return json_response(401, INVALID_TOKEN)
         form = dict(Router._form(request))
         self.oauth.revoke(form.get("token", token.strip()))
         return json_response(200, {})

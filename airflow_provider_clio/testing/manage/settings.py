@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +13,7 @@ __all__ = [
     "CLIO_SCHEDULE",
     "DEFAULT_API_VERSION",
     "ManageSettings",
+    "PeakSetting",
     "add_manage_arguments",
     "manage_settings_from_args",
 ]
@@ -23,6 +24,15 @@ DEFAULT_API_VERSION = "4.0.13"
 CLIO_SCHEDULE = "clio"
 """``peak`` value: peak or off-peak follows Clio's weekday schedule of the token's region (wall clock)."""
 
+PeakSetting = bool | str | Callable[[str, float], bool]
+"""``True`` (peak), ``False`` (off-peak), ``"clio"``, or ``schedule(region, unix_time) -> is_peak``."""
+
+
+def check_peak(peak: object) -> None:
+    """Raise ``ValueError`` unless ``peak`` is a valid :data:`PeakSetting`."""
+    if not (peak is True or peak is False or peak == CLIO_SCHEDULE or callable(peak)):
+        raise ValueError(f"peak must be True, False, {CLIO_SCHEDULE!r} or a callable, got {peak!r}")
+
 
 @dataclass(frozen=True)
 class ManageSettings:
@@ -31,7 +41,8 @@ class ManageSettings:
     :param records: records per Manage resource (see ``MANAGE_RESOURCES``); others keep their defaults.
     :param peak_limit: requests per window and access token at peak (Clio: 50/min).
     :param off_peak_limit: requests per window and access token off-peak (one vendor reports 300/min).
-    :param peak: ``True`` (peak), ``False`` (off-peak) or ``"clio"`` (Clio's schedule of the app's region).
+    :param peak: ``True`` (peak), ``False`` (off-peak), ``"clio"`` (Clio's schedule of the app's region)
+        or a callable ``(region, unix_time) -> is_peak`` (a scripted schedule for tests).
     :param endpoint_limits: resource -> its own per-token limit (a separate window), at any time of day.
     :param window: window length in seconds (60 like Clio; shorter makes tests that wait for a reset fast).
     :param access_token_ttl: ``expires_in`` of issued access tokens (Clio: 30 days).
@@ -45,7 +56,7 @@ class ManageSettings:
     records: Mapping[str, int] = field(default_factory=dict)
     peak_limit: int | None = 50
     off_peak_limit: int | None = 300
-    peak: bool | str = True
+    peak: PeakSetting = True
     endpoint_limits: Mapping[str, int] = field(default_factory=dict)
     window: float = 60.0
     access_token_ttl: float = 2_592_000.0
@@ -56,8 +67,7 @@ class ManageSettings:
     offset_cap: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.peak not in (True, False, CLIO_SCHEDULE):
-            raise ValueError(f"peak must be True, False or {CLIO_SCHEDULE!r}, got {self.peak!r}")
+        check_peak(self.peak)
         if self.window <= 0 or self.access_token_ttl <= 0 or self.offset_cap < 0:
             raise ValueError("window and access_token_ttl must be > 0, offset_cap >= 0")
         for name in ("peak_limit", "off_peak_limit"):
