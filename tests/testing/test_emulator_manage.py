@@ -556,6 +556,15 @@ class TestRecordingAndData:
             "client",
         }
 
+    @pytest.mark.clio_emulator(manage={"records": {"tasks": 3}, "peak_limit": 2})
+    def test_the_pytest_marker_takes_manage_settings(
+        self, clio_emulator: ClioEmulator, sessions: Callable[..., requests.Session]
+    ) -> None:
+        api = sessions(clio_emulator)
+        first = api.get(url(clio_emulator, "tasks"), params={"fields": "id"})
+        assert first.json()["data"] == [{"id": 1}, {"id": 2}, {"id": 3}]
+        assert first.headers["X-RateLimit-Limit"] == "2"
+
     def test_settings_validation(self) -> None:
         with pytest.raises(ValueError, match="unknown Manage settings"):
             ManageSettings.coerce({"nope": 1})
