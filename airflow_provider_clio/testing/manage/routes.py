@@ -254,17 +254,12 @@ class ManageRouter:
         return response
 
     def _authorize(self, params: dict[str, str]) -> Response:
-        redirect_uri = params.get("redirect_uri", "")
+        # Manage has no scope parameter: the app's permissions are fixed at registration.
         try:
-            answer = {"code": self.oauth.authorize(params["client_id"], redirect_uri)}
+            location = self.oauth.authorize_redirect({k: v for k, v in params.items() if k != "scope"})
         except OAuthError as exc:
             return json_response(exc.status, exc.body())
-        if params.get("response_type", "code") != "code":
-            answer = {"error": "unsupported_response_type"}
-        if "state" in params:
-            answer["state"] = params["state"]
-        sep = "&" if "?" in redirect_uri else "?"
-        return Response(302, b"", [("Location", redirect_uri + sep + urlencode(answer))])
+        return Response(302, b"", [("Location", location)])
 
     def _deauthorize(self, request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
