@@ -94,7 +94,7 @@ def error(response: requests.Response, status: int) -> dict[str, str]:
 
 
 class TestPaging:
-    @pytest.mark.parametrize(("n", "pages"), [(0, 1), (1, 1), (200, 1), (201, 2), (1000, 5)])
+    @pytest.mark.parametrize(("n", "pages"), [(0, 1), (1, 1), (200, 1), (201, 2), (1000, 5), (20_000, 100)])
     def test_cursor_paging_is_exact(
         self, clio_emulator_factory: Make, sessions: Callable[..., requests.Session], n: int, pages: int
     ) -> None:

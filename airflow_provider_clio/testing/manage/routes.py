@@ -101,6 +101,8 @@ class ManageRouter:
         decision = self.faults.draw()
         if decision.drop:
             response = Response(0, drop=True)
+        elif decision.status is not None and (grant is None or app is None):
+            response = self._fault(decision.status, None)
         elif grant is None or app is None:
             response = json_response(
                 401, INVALID_TOKEN, [("WWW-Authenticate", 'Bearer error="invalid_token"')]
@@ -150,11 +152,12 @@ class ManageRouter:
         response.headers += [*admission.headers(), ("X-API-VERSION", version)]
         return response
 
-    def _fault(self, status: int, admission: Admission) -> Response:
+    def _fault(self, status: int, admission: Admission | None) -> Response:
         response = manage_error(status, "Injected fault")
         retry_after = self.faults.faults.retry_after
         if status == 429:
-            seconds = admission.retry_after if retry_after is None else retry_after
+            window_left = admission.retry_after if admission is not None else 1
+            seconds = window_left if retry_after is None else retry_after
             response.headers.append(("Retry-After", f"{seconds:g}"))
         return response
 
