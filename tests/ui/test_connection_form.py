@@ -30,6 +30,7 @@ import requests
 
 from airflow_provider_clio.get_provider_info import REGION_LABELS, get_provider_info
 from airflow_provider_clio.hooks.clio import ClioHook
+from airflow_provider_clio.operators.extract import ClioExtractOperator
 
 __all__: list[str] = []
 
@@ -195,7 +196,7 @@ def test_clio_form_shows_relabelled_fields_and_region_choices(page: Any, tmp_pat
     text = dialog.inner_text()
     for spec in conn_type["conn-fields"].values():
         assert spec["label"] in text
-        assert spec["description"] in text
+        assert spec.get("description", "") in text
     assert "`" not in text
     assert dialog.locator("#element_refresh_token").get_attribute("type") == "password"
 
@@ -255,3 +256,8 @@ def test_saved_connection_reads_back_with_its_extras(
     config = hook.config
     assert (config.region, config.pool, config.refresh_token) == ("eu", "clio_eu", "rt-from-the-form")
     assert config.requests_per_slot == 1.0
+    # A task built on it at parse time lands in the pool the hook paces for.
+    task = ClioExtractOperator(
+        task_id="contacts", clio_conn_id=CONN_ID, endpoint="grow/contacts", destination="file:///tmp/unused"
+    )
+    assert (task.region, task.pool) == ("eu", "clio_eu")
