@@ -65,7 +65,7 @@ def chromium() -> str:
     """Path of Debian's Chromium; skips when absent, except in CI where a missing browser is a failure."""
     missing = _missing_browser_parts()
     if missing:
-        hint = "apt-get install -y chromium chromium-driver; pip install -c constraints.txt playwright"
+        hint = "as root: apt-get install -y chromium chromium-driver; make venv installs playwright"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true but {missing}: the browser tests must run in CI ({hint})", pytrace=False)
         pytest.skip(f"{missing} (to run: {hint})")
