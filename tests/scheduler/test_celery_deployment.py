@@ -22,7 +22,10 @@ It asserts: the run succeeds; every output holds exactly the emulator's records,
 answered 429 and never saw more than 3 requests in any sliding second per region; the second try ran on the
 worker that was not killed, requested exactly the pages after the last committed checkpoint (never the first
 page, never a committed page) and says so in its XCom (``resumed``). Utilisation and timings are printed,
-not asserted: the machine is shared.
+not asserted: the machine is shared. Needs Redis (``CLIO_TEST_REDIS_URL``, database 7 is used) and Postgres
+(``CLIO_TEST_POSTGRES_ADMIN_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+
+Over 400 lines: one end-to-end scenario; its probes, kill, evidence and report only make sense together.
 """
 
 from __future__ import annotations
