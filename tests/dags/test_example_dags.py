@@ -116,25 +116,36 @@ def test_warehouse_dag_full_refresh_then_incremental_runs(
     for table, resource in WAREHOUSE_TABLES.items():
         assert _rows(warehouse, table) == _expected_rows(emu.records(resource), fields[table], support)
 
-    # Two contacts and one matter change inside the next run's hour; one contact changes after it.
+    # The DAG was paused for a day (catchup=False runs only the latest hour): since_last_success loads the
+    # changes of the skipped hours too. Two contacts and one matter change inside the run's hour, one
+    # contact and one activity in the skipped hours; one contact changes after the run's interval.
     run_after = datetime.datetime(2026, 7, 2, 10, tzinfo=UTC)
     start, end = _interval(dag, run_after)
     emu.touch("contacts", [4, 200], at=start + datetime.timedelta(minutes=7))
-    emu.touch("matters", [9], at=start)  # inclusive lower bound
-    emu.touch("contacts", [5], at=end)  # exclusive upper bound: the next interval's
+    emu.touch("matters", [9], at=start)
+    emu.touch("contacts", [6], at=datetime.datetime(2026, 7, 1, 12, tzinfo=UTC))  # a skipped hour
+    emu.touch("activities", [17], at=datetime.datetime(2026, 7, 1, 0, 1, tzinfo=UTC))  # within the overlap
+    emu.touch("contacts", [5], at=end)  # exclusive upper bound: the next run's
     counts = {table: len(_rows(warehouse, table)) for table in WAREHOUSE_TABLES}
 
     for attempt in ("first", "rerun"):
         incremental = support.run_dag(dag, logical_date=run_after, run_conf={"full_refresh": False})
         assert str(incremental.state) == "success", attempt
-        loaded = {t.task_id: support.xcom_value(incremental, t.task_id)["records"] for t in dag.tasks}
-        assert loaded == {"load_clio_contacts": 2, "load_clio_matters": 1, "load_clio_activities": 0}
+        summaries = {t.task_id: support.xcom_value(incremental, t.task_id) for t in dag.tasks}
+        loaded = {task_id: summary["records"] for task_id, summary in summaries.items()}
+        assert loaded == {"load_clio_contacts": 3, "load_clio_matters": 1, "load_clio_activities": 1}
+        # From the full refresh's interval end (2026-07-01 00:00) minus the 5-minute overlap.
+        assert summaries["load_clio_contacts"]["interval"] == {
+            "since": "2026-06-30T23:55:00+00:00",
+            "until": end.isoformat(),
+        }
         assert {table: len(_rows(warehouse, table)) for table in WAREHOUSE_TABLES} == counts
 
     contacts = dict((row[0], row) for row in _rows(warehouse, "clio_contacts"))
     truth = {r["id"]: r for r in emu.records("contacts")}
     assert contacts[4][-1] == truth[4]["updated_at"]
     assert contacts[200][-1] == truth[200]["updated_at"]
+    assert contacts[6][-1] == truth[6]["updated_at"]
     assert contacts[5][-1] != truth[5]["updated_at"]  # changed at the interval end: not this run's
 
 
