@@ -17,7 +17,12 @@ import pytest
 from airflow_provider_clio.testing import ClioEmulator
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
-EXAMPLE_DAG_IDS = {"clio_incremental_warehouse", "clio_sensor_gated", "clio_two_regions"}
+EXAMPLE_DAG_IDS = {
+    "clio_incremental_warehouse",
+    "clio_sensor_gated",
+    "clio_two_regions",
+    "clio_weekly_reconcile",
+}
 WAREHOUSE_TABLES = {
     "clio_contacts": "contacts",
     "clio_matters": "matters",
@@ -150,6 +155,40 @@ def test_warehouse_dag_full_refresh_then_incremental_runs(
     assert contacts[200][-1] == truth[200]["updated_at"]
     assert contacts[6][-1] == truth[6]["updated_at"]
     assert contacts[5][-1] != truth[5]["updated_at"]  # changed at the interval end: not this run's
+
+
+def test_weekly_reconcile_dag_marks_the_rows_deleted_in_clio(
+    emu: ClioEmulator, connections: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    warehouse = connections
+    dags = _dagbag(monkeypatch).dags
+    loaded = support.run_dag(
+        dags["clio_incremental_warehouse"],
+        logical_date=datetime.datetime(2026, 7, 1, tzinfo=UTC),
+        run_conf={"full_refresh": True},
+    )
+    assert str(loaded.state) == "success"
+    emu.delete_records("contacts", [7, 100])
+    emu.delete_records("activities", [260])
+
+    dag_run = support.run_dag(
+        dags["clio_weekly_reconcile"], logical_date=datetime.datetime(2026, 7, 6, tzinfo=UTC)
+    )
+    assert str(dag_run.state) == "success"
+    summaries = {
+        t.task_id: support.xcom_value(dag_run, t.task_id) for t in dags["clio_weekly_reconcile"].tasks
+    }
+    assert {task_id: (s["scanned"], s["live"], s["marked"]) for task_id, s in summaries.items()} == {
+        "reconcile_clio_contacts": (228, 230, 2),
+        "reconcile_clio_matters": (140, 140, 0),
+        "reconcile_clio_activities": (259, 260, 1),
+    }
+    with closing(sqlite3.connect(warehouse)) as db:
+        marked = db.execute(
+            "SELECT 'contacts', id FROM clio_contacts WHERE _clio_deleted_at IS NOT NULL UNION ALL "
+            "SELECT 'activities', id FROM clio_activities WHERE _clio_deleted_at IS NOT NULL ORDER BY 1, 2"
+        ).fetchall()
+    assert marked == [("activities", 260), ("contacts", 7), ("contacts", 100)]
 
 
 def test_sensor_gated_dag_waits_for_changes_then_loads_them(

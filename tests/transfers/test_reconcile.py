@@ -206,3 +206,14 @@ def test_reconcile_takes_no_fields_or_bounds() -> None:
         ClioToSqlOperator(
             task_id="r", endpoint="grow/contacts", sql_conn_id="x", table="t", max_deleted_share=5
         )
+
+
+def test_a_load_into_a_table_without_loaded_at_adds_it(
+    emu: ClioEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    clio = _clio(monkeypatch, emu, support)
+    warehouse.query('CREATE TABLE {t} ("id" BIGINT PRIMARY KEY, "name" TEXT)')
+    assert _op(clio, warehouse, fields=["id", "name"]).execute({})["records"] == 1000
+    stamps = {row[0] for row in warehouse.query('SELECT "_loaded_at" FROM {t}')}
+    assert None not in stamps
+    assert all(len(stamp) == len("2026-08-01T00:00:00.000000+00:00") for stamp in stamps)
