@@ -22,7 +22,7 @@ from airflow_provider_clio.auth import MemoryTokenStore
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.extraction import Interval
 from airflow_provider_clio.modes import resolve_interval
-from airflow_provider_clio.operators.extract import ClioExtractOperator
+from airflow_provider_clio.operators.extract import ClioExtractOperator, read_extract
 from airflow_provider_clio.testing import ClioEmulator
 from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator
 
@@ -272,6 +272,48 @@ def test_a_low_id_edited_behind_the_cursor_is_loaded_by_the_following_run(
     assert _table(path) == truth
 
 
+def _hourly_export(support: ModuleType, clio: str, root: Path) -> DAG:
+    """An hourly catchup=False DAG exporting contacts since the last success, one folder per interval."""
+    with DAG(
+        support.unique_dag_id("modes_files"),
+        schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
+        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
+        catchup=False,
+        params={"mode": "since_last_success"},
+    ) as dag:
+        ClioExtractOperator(
+            task_id="load",
+            clio_conn_id=clio,
+            endpoint="grow/contacts",
+            fields=FIELDS,
+            mode="{{ params.mode }}",
+            destination=f"file://{root}/" + "{{ data_interval_start | ts_nodash }}",
+            token_store=MemoryTokenStore(),
+        )
+    return dag
+
+
+def test_a_file_rerun_replaces_its_folder_after_a_backfill_moved_its_lower_bound(
+    airflow_db: Path,
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+    tmp_path: Path,
+) -> None:
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 80}, page_size=50)
+    dag = _hourly_export(support, support.clio_connection(monkeypatch, emu), tmp_path)
+    emu.touch("contacts", [5], at=at(0.5))
+    emu.touch("contacts", [6], at=at(1.5))
+    _run(support, dag, at(0))
+    assert _run(support, dag, at(2))["interval"]["since"] == "2026-07-31T23:55:00+00:00"  # hour 1 did not run
+    _run(support, dag, at(1))  # hour 1, cleared and run again
+    rerun = _run(support, dag, at(2))  # same folder, same upper bound, a later lower bound
+    assert rerun["interval"] == {"since": "2026-08-01T00:55:00+00:00", "until": "2026-08-01T02:00:00+00:00"}
+    folder = tmp_path / "20260801T010000"
+    assert [r["id"] for r in read_extract(f"file://{folder}")] == [6]
+    assert len([p for p in folder.iterdir() if p.name.startswith("run=")]) == 1
+
+
 def test_file_extracts_are_exact_per_run_and_overlap_across_runs_by_the_window(
     airflow_db: Path,
     clio_emulator_factory: Callable[..., ClioEmulator],
@@ -279,24 +321,8 @@ def test_file_extracts_are_exact_per_run_and_overlap_across_runs_by_the_window(
     support: ModuleType,
     tmp_path: Path,
 ) -> None:
-    from airflow_provider_clio.operators.extract import read_extract
-
     emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 80}, page_size=50)
-    with DAG(
-        support.unique_dag_id("modes_files"),
-        schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
-        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
-        catchup=False,
-    ) as dag:
-        ClioExtractOperator(
-            task_id="load",
-            clio_conn_id=support.clio_connection(monkeypatch, emu),
-            endpoint="grow/contacts",
-            fields=FIELDS,
-            mode="since_last_success",
-            destination=f"file://{tmp_path}/" + "{{ data_interval_start | ts_nodash }}",
-            token_store=MemoryTokenStore(),
-        )
+    dag = _hourly_export(support, support.clio_connection(monkeypatch, emu), tmp_path)
     emu.touch("contacts", [5], at=at(0.5))
     emu.touch("contacts", [6], at=at(1) - datetime.timedelta(minutes=2))  # in the next run's overlap window
     emu.touch("contacts", [7], at=at(1.5))

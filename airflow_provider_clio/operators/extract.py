@@ -39,6 +39,7 @@ from airflow_provider_clio.checkpoint import (
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.extraction import Extraction, ExtractionPlan, ExtractionResult
 from airflow_provider_clio.fields import top_level_names
+from airflow_provider_clio.modes import SINCE_LAST_SUCCESS, effective_mode
 from airflow_provider_clio.operators.base import ClioBaseOperator
 from airflow_provider_clio.operators.writers import FILE_FORMATS, PartWriter
 from airflow_provider_clio.storage import write_json_atomic
@@ -128,7 +129,7 @@ class ClioExtractOperator(ClioBaseOperator):
         plan = self.build_plan(context)
         destination = self._destination()
         manifest_path = destination / MANIFEST_FILE
-        identity = _identity(plan.endpoint, plan.fields, plan.params, plan.interval.to_dict())
+        identity = _identity(plan.endpoint, plan.fields, plan.params, plan.interval.to_dict(), self._mode())
         self._check_owner(manifest_path, identity)
         hook = self.get_hook()
         key = plan.key(api=hook.base_url, target=str(destination), file_format=self.file_format)
@@ -208,6 +209,7 @@ class ClioExtractOperator(ClioBaseOperator):
             "fields": plan.fields,
             "params": plan.params,
             "interval": plan.interval.to_dict(),
+            "mode": self._mode(),
             "format": self.file_format,
             **({"schema": schema} if self.file_format == "parquet" else {}),
             "files": files,
@@ -216,6 +218,10 @@ class ClioExtractOperator(ClioBaseOperator):
             "committed_at": datetime.now(timezone.utc).isoformat(),
             "task": _task_identity(context),
         }
+
+    def _mode(self) -> str:
+        """The effective mode, recorded in the manifest."""
+        return effective_mode(self.mode or None, self.updated_since, self.updated_until)
 
     def _check_owner(
         self, manifest_path: ObjectStoragePath, identity: dict[str, Any]
@@ -233,6 +239,7 @@ class ClioExtractOperator(ClioBaseOperator):
             committed.get("fields"),
             committed.get("params"),
             committed.get("interval"),
+            committed.get("mode"),
         )
         if theirs != identity and not self.overwrite:
             differing = ", ".join(
@@ -358,8 +365,12 @@ def _load_manifest(path: ObjectStoragePath) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _identity(endpoint: Any, fields: Any, params: Any, interval: Any) -> dict[str, Any]:
+def _identity(endpoint: Any, fields: Any, params: Any, interval: Any, mode: Any = None) -> dict[str, Any]:
     """What a destination's manifest must match for a run to replace it."""
+    if mode == SINCE_LAST_SUCCESS and isinstance(interval, Mapping):
+        # A rerun of the same run ends at the same data_interval_end, but its lower bound moves when an
+        # earlier interval succeeded meanwhile (e.g. a backfill): still the same run's output to replace.
+        interval = {"mode": mode, "until": interval.get("until")}
     # updated_since follows from the interval (sent a little early since 2026-11): compare the interval only,
     # so manifests committed before that change still match their reruns.
     query = {k: v for k, v in (params or {}).items() if k != "updated_since"}
