@@ -74,7 +74,7 @@ class ClioExtractOperator(ClioBaseOperator):
             task_id="export_contacts",
             endpoint="grow/contacts",
             fields=["id", "name", "updated_at"],
-            updated_since="{{ data_interval_start }}",
+            mode="since_last_success",
             destination="s3://lake/clio/contacts/{{ data_interval_start | ts_nodash }}",
         )
 
@@ -89,8 +89,9 @@ class ClioExtractOperator(ClioBaseOperator):
         ``ClioConfigError`` before any request, because the destination would lose the other interval's data.
     :param endpoint: List endpoint, e.g. ``grow/contacts`` (templated).
     :param fields: Fields to select, list or string form (templated).
-    :param kwargs: ``query_params``, ``updated_since``, ``updated_until``, ``clio_conn_id``, ``region``,
-        ``token_store``, ``request_retry`` as documented on :class:`ClioBaseOperator`, and ``BaseOperator``'s.
+    :param kwargs: ``query_params``, ``mode``, ``updated_since``, ``updated_until``, ``overlap``,
+        ``clio_conn_id``, ``region``, ``token_store``, ``request_retry`` as documented on
+        :class:`ClioBaseOperator`, and ``BaseOperator``'s.
     """
 
     template_fields: Sequence[str] = (*ClioBaseOperator.template_fields, "destination")

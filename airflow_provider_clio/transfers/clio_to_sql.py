@@ -97,8 +97,9 @@ class ClioToSqlOperator(ClioBaseOperator):
         after checking that the records were really deleted.
     :param endpoint: List endpoint, e.g. ``grow/matters`` (templated).
     :param fields: Fields to select, list or string form (templated); ``id`` is always loaded.
-    :param kwargs: ``query_params``, ``updated_since``, ``updated_until``, ``clio_conn_id``, ``region``,
-        ``token_store``, ``request_retry`` as documented on :class:`ClioBaseOperator`, and ``BaseOperator``'s.
+    :param kwargs: ``query_params``, ``updated_since``, ``updated_until``, ``overlap``, ``clio_conn_id``,
+        ``region``, ``token_store``, ``request_retry`` as documented on :class:`ClioBaseOperator`, and
+        ``BaseOperator``'s.
     """
 
     template_fields: Sequence[str] = (*ClioBaseOperator.template_fields, "table")
