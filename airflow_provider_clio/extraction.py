@@ -199,8 +199,8 @@ class ExtractionPlan:
             raise ClioBadRequestError(
                 f"Record id={record.get('id')!r} of {self.endpoint} has no parsable updated_at "
                 f"({record.get('updated_at')!r}), so it cannot be placed in the interval "
-                f"{self.interval.to_dict()}. Select updated_at in fields, or extract without "
-                "updated_since/updated_until",
+                f"{self.interval.to_dict()}. Select updated_at in fields, or extract "
+                "everything (mode='full')",
                 endpoint=self.endpoint,
             )
         return self.interval.contains(updated_at)
