@@ -199,7 +199,7 @@ def test_paused_intervals_are_all_loaded_by_the_next_run_and_reruns_change_nothi
     emu.touch("contacts", [50], at=at(4))  # on the upper bound: the next run's
     resumed = _run(support, dag, at(4))
     assert resumed["interval"] == {"since": "2026-08-01T00:55:00+00:00", "until": "2026-08-01T04:00:00+00:00"}
-    assert resumed["records"] == 4
+    assert (resumed["records"], resumed["mode"]) == (4, "since_last_success")
     truth = _truth(emu)
     table = _table(path)
     assert {i: row for i, row in table.items() if i != 50} == {i: row for i, row in truth.items() if i != 50}

@@ -66,7 +66,7 @@ class ClioExtractOperator(ClioBaseOperator):
     try resumes from its last uploaded part on retry.
 
     The returned XCom (never the records) holds ``records``, ``pages``, ``files``, ``rate_limited`` (429s
-    seen), ``seconds``, ``manifest``, ``run``, ``interval`` and ``resumed``.
+    seen), ``seconds``, ``manifest``, ``run``, ``interval``, ``mode`` and ``resumed``.
 
     .. code-block:: python
 
@@ -169,6 +169,7 @@ class ClioExtractOperator(ClioBaseOperator):
             "manifest": str(manifest_path),
             "run": state.token,
             "interval": plan.interval.to_dict(),
+            "mode": self._mode(),
             "resumed": result.resumed,
             "resumed_parts": result.resumed_units,
         }

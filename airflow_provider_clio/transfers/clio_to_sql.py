@@ -28,7 +28,14 @@ from airflow_provider_clio.checkpoint import (
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.extraction import Extraction
 from airflow_provider_clio.fields import top_level_names
-from airflow_provider_clio.modes import FULL, INTERVAL, RECONCILE, SINCE_LAST_SUCCESS, check_mode
+from airflow_provider_clio.modes import (
+    FULL,
+    INTERVAL,
+    RECONCILE,
+    SINCE_LAST_SUCCESS,
+    check_mode,
+    effective_mode,
+)
 from airflow_provider_clio.operators.base import ClioBaseOperator
 from airflow_provider_clio.transfers.reconcile import (
     DEFAULT_DELETED_COLUMN,
@@ -78,8 +85,8 @@ class ClioToSqlOperator(ClioBaseOperator):
     ``deleted_column`` (see :mod:`airflow_provider_clio.transfers.reconcile`).
 
     The returned XCom holds ``records``, ``pages``, ``batches``, ``table``, ``rate_limited``, ``seconds``,
-    ``interval`` and ``resumed``; a reconcile's holds ``scanned``, ``pages``, ``live``, ``candidates``,
-    ``missing``, ``marked``, ``table``, ``rate_limited``, ``seconds`` and ``scan_started``.
+    ``interval``, ``mode`` and ``resumed``; a reconcile's holds ``scanned``, ``pages``, ``live``,
+    ``candidates``, ``missing``, ``marked``, ``table``, ``rate_limited``, ``seconds`` and ``scan_started``.
 
     :param sql_conn_id: A connection whose hook is a common.sql ``DbApiHook`` (SQLite, PostgreSQL, MySQL...).
     :param table: Target table, ``table`` or ``schema.table`` (plain identifiers; templated).
@@ -190,6 +197,7 @@ class ClioToSqlOperator(ClioBaseOperator):
             "rate_limited": state.rate_limited,
             "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 3),
             "interval": plan.interval.to_dict(),
+            "mode": effective_mode(self.mode or None, self.updated_since, self.updated_until),
             "resumed": result.resumed,
             "resumed_batches": result.resumed_units,
         }
