@@ -150,12 +150,13 @@ def test_a_partial_scan_marks_nothing(
     _op(_clio(monkeypatch, emu, support), warehouse, fields=["id", "name"]).execute({})
     emu.delete_records("contacts", [5, 6])
     # The outage starts after two of the five id pages: every id after them would look deleted.
-    clio = _clio(monkeypatch, emu, support, requests_per_slot=20)
+    clio = _clio(monkeypatch, emu, support, requests_per_slot=5)  # 200 ms a page: the watcher lands mid-scan
     emu.clear_requests()
     op = _op(clio, warehouse, mode="reconcile", request_retry=support.FAST_FAIL, allow_mass_delete=True)
     with support.OutageAfterPages(emu, pages=2, requests=50) as outage, pytest.raises(ClioRetryableError):
         op.execute({})
     assert outage.fired.is_set()
+    assert emu.count(status=200, path_prefix="/grow") < 5  # the scan never reached its last page
     assert warehouse.marked() == []
 
 
