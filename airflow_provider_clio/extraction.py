@@ -351,6 +351,7 @@ class Extraction:
         """Commit the pending records (if any) as the next unit, then save the checkpoint at ``next_url``."""
         state = self.state
         if self.sink.pending:
+            self.checkpointer.check()  # fence: never upload over a newer try's unit
             state.records += self.sink.commit(state.units, state.token)
             state.units += 1
             state.sink_state = self.sink.state()

@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Client-side pacing and backoff: the burst-free limiter, its per-process registry, pools and retry waits.
+"""Client-side pacing: the :class:`Pacer` protocol the hook talks to, and the burst-free limiter behind it.
 
 Clio allows 3 requests per second per OAuth application and region, shared by every worker. Across
-processes the Airflow pool ``clio_<region>`` is the semaphore: its slots equal the limit, and a task holding
-``k`` slots paces itself at ``k * requests_per_slot`` req/s, so the running tasks' rates never add up to more
-than the limit. Inside one process :class:`RateLimiter` does the pacing, shared by every hook of the same
-application and region (:func:`shared_limiter`).
+processes the Airflow pool ``clio_<region>`` is the semaphore (see :mod:`~airflow_provider_clio.pools`): its
+slots equal the limit, and a task holding ``k`` slots paces itself at ``k * requests_per_slot`` req/s, so the
+running tasks' rates never add up to more than the limit. Inside one process :class:`RateLimiter` does the
+pacing, shared by every hook of the same application and region (:func:`shared_limiter`). Each API's spec
+builds the pacer its hooks use (:attr:`ApiSpec.make_pacer <airflow_provider_clio.apis.ApiSpec.make_pacer>`).
 """
 
 from __future__ import annotations
@@ -13,23 +14,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timezone
-from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from airflow_provider_clio.exceptions import ClioConfigError
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SAFETY = 0.05
 """Fraction by which the limiter stretches the emission interval beyond ``1 / rate``."""
-
-POOL_PREFIX = "clio_"
 
 
 class RateLimiter:
@@ -232,137 +232,77 @@ def reset_shared_limiters() -> None:
     _REGISTRY.clear()
 
 
-def pool_name_for(region: str, override: str | None = None) -> str:
-    """Return the Airflow pool of a region: ``override`` when given, else ``clio_<region>``."""
-    return override or f"{POOL_PREFIX}{region}"
-
-
-def current_task_pool_slots() -> int | None:
-    """Return the ``pool_slots`` of the running Airflow task, or ``None`` outside a task."""
-    try:
-        from airflow.sdk import get_current_context
-
-        context = get_current_context()
-    except Exception:
-        # No task is running (CLI, scripts, tests) or the SDK is unavailable: the caller falls back to 1.
-        return None
-    task = context.get("task") or getattr(context.get("ti"), "task", None)
-    slots = getattr(task, "pool_slots", None)
-    if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1:
-        return slots
-    return None
-
-
-def resolve_pool_slots(pool_slots: int | None) -> int:
-    """Return ``pool_slots`` if given (validated), else the running task's, else 1."""
-    if pool_slots is None:
-        return current_task_pool_slots() or 1
-    if isinstance(pool_slots, bool) or not isinstance(pool_slots, int) or pool_slots < 1:
-        raise ClioConfigError(f"pool_slots must be a positive integer, got {pool_slots!r}")
-    return pool_slots
-
-
 @dataclass(frozen=True)
-class RetrySettings:
+class PacerRequest:
     """
-    In-request retry policy for retryable answers (429, 5xx, transport errors).
+    What an API's ``make_pacer`` needs to build (or share) the pacer of one hook.
 
-    The n-th retry waits ``min(maximum, initial * multiplier**(n-1))`` seconds (1, 2, 4, 8, 16 by default,
-    as Clio recommends), drawn uniformly below that value when ``jitter`` is on ("full jitter": workers
-    that failed together do not retry together). A ``Retry-After`` from the server replaces the computed
-    wait, without jitter. Once ``max_attempts`` requests were sent, or the next wait would take the total
-    past ``max_total_wait``, the hook raises the typed retryable error and Airflow's task retry takes over.
-
-    :param max_attempts: Requests per call, including the first one.
-    :param initial: Upper bound of the first retry's wait, seconds.
-    :param maximum: Cap of a single computed wait, seconds.
-    :param multiplier: Growth of the wait per retry.
-    :param jitter: Draw computed waits uniformly from ``[0, wait]``.
-    :param max_total_wait: Budget of seconds spent waiting within one call.
+    :param client_id: The OAuth application; Clio counts its limit per application and region.
+    :param region: The connection's region.
+    :param rate: Requests per second this hook may send: ``pool_slots * requests_per_slot``.
+    :param clock: Monotonic clock (injected by tests).
     """
 
-    max_attempts: int = 6
-    initial: float = 1.0
-    maximum: float = 16.0
-    multiplier: float = 2.0
-    jitter: bool = True
-    max_total_wait: float = 60.0
-
-    def __post_init__(self) -> None:
-        attempts = self.max_attempts
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ClioConfigError(f"retry.max_attempts must be an integer >= 1, got {attempts!r}")
-        for name, minimum in (("initial", 0), ("maximum", 0), ("max_total_wait", 0), ("multiplier", 1)):
-            value = getattr(self, name)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or not minimum <= value < math.inf:
-                raise ClioConfigError(f"retry.{name} must be a number >= {minimum}, got {value!r}")
-
-    def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
-        """Return the computed wait before retry number ``retry_number`` (1-based)."""
-        base = min(self.maximum, self.initial * self.multiplier ** (retry_number - 1))
-        if not self.jitter:
-            return base
-        return (rng or random).uniform(0.0, base)
-
-    def next_wait(
-        self,
-        retry_number: int,
-        *,
-        waited: float,
-        retry_after: float | None = None,
-        rng: random.Random | None = None,
-    ) -> float | None:
-        """
-        Return the wait before retry ``retry_number``, or ``None`` when the call must give up.
-
-        :param retry_number: 1 for the first retry.
-        :param waited: Seconds already spent waiting in this call.
-        :param retry_after: The server's ``Retry-After`` in seconds, if any.
-        """
-        if retry_number >= self.max_attempts:
-            return None
-        remaining = self.max_total_wait - waited
-        if retry_after is not None:
-            # The server's wait is honoured exactly or not at all: retrying earlier would just earn
-            # another 429, so a wait beyond the budget hands over to Airflow's task retry now.
-            return retry_after if retry_after <= remaining else None
-        if remaining <= 0:
-            return None
-        return min(self.backoff(retry_number, rng), remaining)
+    client_id: str
+    region: str
+    rate: float
+    clock: Callable[[], float] = time.monotonic
 
 
-def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
-    """Return the seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date), else ``None``."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now())
+@runtime_checkable
+class Pacer(Protocol):
+    """
+    Hold API requests back so they stay within the API's rate limit; the hook talks only to this.
+
+    The hook calls :meth:`acquire` before each API request, :meth:`release` once its response arrived (or the
+    request failed), then :meth:`observe` with the response, where an API announces its limit in headers.
+    """
+
+    def acquire(self, sleep: Callable[[float], None]) -> float:
+        """Wait (with ``sleep``) until a request may go; return the seconds waited."""
+        ...
+
+    def release(self) -> None:
+        """Record that the response to an acquired request arrived, or that the request failed."""
+        ...
+
+    def observe(self, response: requests.Response) -> None:
+        """Learn from a response (rate-limit headers, a 429); a fixed-rate pacer ignores it."""
+        ...
+
+
+class LimiterPacer:
+    """
+    The :class:`Pacer` over a fixed-rate :class:`RateLimiter`: Clio Platform announces no limit in headers.
+
+    :param limiter: The (usually process-wide, see :func:`shared_limiter`) limiter to pace with.
+    """
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    def acquire(self, sleep: Callable[[float], None]) -> float:
+        """Wait for the limiter's next slot; return the seconds waited."""
+        return self.limiter.acquire(sleep)
+
+    def release(self) -> None:
+        """Feed the limiter's window guard (see :class:`RateLimiter`)."""
+        self.limiter.release()
+
+    def observe(self, response: requests.Response) -> None:
+        """Nothing to learn: the rate comes from the pool slots, not from the server."""
+
+    def __repr__(self) -> str:
+        return f"LimiterPacer({self.limiter!r})"
 
 
 __all__ = [
     "DEFAULT_SAFETY",
+    "LimiterPacer",
     "LimiterRegistry",
+    "Pacer",
+    "PacerRequest",
     "RateLimiter",
-    "RetrySettings",
-    "current_task_pool_slots",
-    "parse_retry_after",
-    "pool_name_for",
     "reset_shared_limiters",
-    "resolve_pool_slots",
     "shared_limiter",
 ]

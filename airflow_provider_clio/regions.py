@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Clio's regions and their hosts; dependency-free so provider metadata and the CLI can import it cheaply."""
+"""Clio's regions; dependency-free so provider metadata and the CLI can import it cheaply.
+
+The hosts of each region live in the API specs (:mod:`airflow_provider_clio.apis`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,4 @@ REGIONS: tuple[str, ...] = ("us", "ca", "eu", "au")
 
 DEFAULT_REGION = "us"
 
-API_HOSTS = {"us": "api.clio.com", "ca": "ca.api.clio.com", "eu": "eu.api.clio.com", "au": "au.api.clio.com"}
-AUTH_HOSTS = {
-    "us": "auth.api.clio.com",
-    "ca": "ca.auth.api.clio.com",
-    "eu": "eu.auth.api.clio.com",
-    "au": "au.auth.api.clio.com",
-}
+__all__ = ["DEFAULT_REGION", "REGIONS"]

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_clio.apis import ApiSpec, get_api
 from airflow_provider_clio.exceptions import ClioConfigError
-from airflow_provider_clio.rate_limit import pool_name_for
+from airflow_provider_clio.pools import pool_name_for
 from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
 if TYPE_CHECKING:
@@ -87,12 +88,25 @@ def connection_region_and_pool(clio_conn_id: str, region: str | None = None) -> 
         connection_region = DEFAULT_REGION
     resolved = str(region or connection_region).strip().lower()
     override = _connection_extra(extra, "pool")
-    return resolved, pool_name_for(resolved, override.strip() if isinstance(override, str) else None)
+    prefix = _api_of(extra).pool_prefix
+    return resolved, pool_name_for(
+        resolved, override.strip() if isinstance(override, str) else None, prefix=prefix
+    )
+
+
+def _api_of(extra: Mapping[str, Any]) -> ApiSpec:
+    """The connection's API description; the default one when it names none or an unknown one."""
+    name = _connection_extra(extra, "api")
+    try:
+        return get_api(name.strip().lower() if isinstance(name, str) and name.strip() else None)
+    except ClioConfigError:
+        # Parse time must not fail; the hook raises the clear error when the task runs.
+        return get_api()
 
 
 def _connection_extra(extra: Mapping[str, Any], name: str) -> Any:
     """Read one extra like ``ClioConfig`` does: ``name``, else ``extra__clio__<name>``; empty is unset."""
-    from airflow_provider_clio.config import EXTRA_PREFIX
+    from airflow_provider_clio.connection import EXTRA_PREFIX
 
     value = extra.get(name)
     if value is None or value == "":

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_clio.fields import parse_fields
-from airflow_provider_clio.rate_limit import RetrySettings
+from airflow_provider_clio.retrying import RetrySettings
 from airflow_provider_clio.testing import Faults
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for the burst-free limiter, its registry, the pool helpers and the retry waits (fake clock)."""
+"""Tests for the burst-free limiter, its registry and the Pacer over it (fake clock)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,17 @@ import logging
 import random
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
-from email.utils import format_datetime
-from types import SimpleNamespace
 
 import pytest
-from airflow.sdk.execution_time.context import set_current_context
+import requests
 
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.rate_limit import (
+    LimiterPacer,
     LimiterRegistry,
+    Pacer,
     RateLimiter,
-    RetrySettings,
-    current_task_pool_slots,
-    parse_retry_after,
-    pool_name_for,
     reset_shared_limiters,
-    resolve_pool_slots,
     shared_limiter,
 )
 
@@ -285,95 +279,13 @@ def test_shared_limiter_paces_hooks_together() -> None:
     assert shared_limiter("app", "us", 1, clock=fake.clock) is not first
 
 
-def test_pool_name_for() -> None:
-    assert pool_name_for("us") == "clio_us"
-    assert pool_name_for("eu") == "clio_eu"
-    assert pool_name_for("eu", "clio_shared") == "clio_shared"
-
-
-def test_pool_slots_outside_a_task_default_to_one() -> None:
-    assert current_task_pool_slots() is None
-    assert resolve_pool_slots(None) == 1
-    assert resolve_pool_slots(3) == 3
-
-
-def test_pool_slots_come_from_the_running_task() -> None:
-    with set_current_context({"task": SimpleNamespace(pool_slots=3)}):  # type: ignore[arg-type]
-        assert current_task_pool_slots() == 3
-        assert resolve_pool_slots(None) == 3
-        assert resolve_pool_slots(2) == 2  # an explicit argument wins
-
-
-@pytest.mark.parametrize("slots", [0, -1, 1.5, True, "2"])
-def test_invalid_pool_slots(slots: object) -> None:
-    with pytest.raises(ClioConfigError, match="pool_slots"):
-        resolve_pool_slots(slots)  # type: ignore[arg-type]
-
-
-def test_backoff_without_jitter_follows_clio_recommendation() -> None:
-    settings = RetrySettings(jitter=False)
-    assert [settings.backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 16, 16]
-
-
-def test_backoff_with_full_jitter_stays_below_the_cap() -> None:
-    settings = RetrySettings()
-    rng = random.Random(7)
-    for n in range(1, 10):
-        base = min(16, 2 ** (n - 1))
-        waits = [settings.backoff(n, rng) for _ in range(200)]
-        assert all(0 <= w <= base for w in waits)
-        assert max(waits) > base / 2  # actually spread, not pinned to 0
-
-
-def test_next_wait_stops_after_max_attempts() -> None:
-    settings = RetrySettings(max_attempts=3, jitter=False)
-    assert settings.next_wait(1, waited=0) == 1
-    assert settings.next_wait(2, waited=1) == 2
-    assert settings.next_wait(3, waited=3) is None
-
-
-def test_retry_after_overrides_the_computed_wait_without_jitter() -> None:
-    settings = RetrySettings(jitter=True)
-    assert settings.next_wait(1, waited=0, retry_after=7.0, rng=random.Random(1)) == 7.0
-    assert settings.next_wait(5, waited=10, retry_after=0.0) == 0.0
-
-
-def test_retry_after_beyond_the_budget_gives_up() -> None:
-    settings = RetrySettings(max_total_wait=60)
-    assert settings.next_wait(1, waited=0, retry_after=61) is None
-    assert settings.next_wait(2, waited=50, retry_after=11) is None
-    assert settings.next_wait(2, waited=50, retry_after=10) == 10
-
-
-def test_computed_wait_is_capped_by_the_remaining_budget() -> None:
-    settings = RetrySettings(jitter=False, max_total_wait=20, max_attempts=10)
-    assert settings.next_wait(5, waited=15) == 5  # 16 s capped to the 5 s left
-    assert settings.next_wait(6, waited=20) is None
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"max_attempts": 0},
-        {"max_attempts": 1.5},
-        {"initial": -1},
-        {"maximum": float("inf")},
-        {"multiplier": 0.5},
-        {"max_total_wait": "60"},
-    ],
-)
-def test_invalid_retry_settings(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ClioConfigError, match="retry\\."):
-        RetrySettings(**kwargs)  # type: ignore[arg-type]
-
-
-def test_parse_retry_after_seconds_and_dates() -> None:
-    now = datetime(2026, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
-    clock = now.timestamp
-    assert parse_retry_after("3", now=clock) == 3.0
-    assert parse_retry_after(" 1.5 ", now=clock) == 1.5
-    assert parse_retry_after("-4", now=clock) == 0.0
-    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=clock) == 30.0
-    assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now=clock) == 0.0
-    for value in (None, "", "soon", "inf", "nan"):
-        assert parse_retry_after(value, now=clock) is None
+def test_limiter_pacer_paces_with_its_limiter_and_ignores_responses() -> None:
+    fake = FakeTime()
+    limiter = _settled(RateLimiter(1, clock=fake.clock), fake)
+    pacer = LimiterPacer(limiter)
+    assert isinstance(pacer, Pacer)
+    assert pacer.acquire(fake.sleep) == 0.0
+    pacer.release()
+    pacer.observe(requests.Response())  # a fixed-rate pacer learns nothing from responses
+    assert pacer.acquire(fake.sleep) == pytest.approx(1.05)
+    assert fake.sleeps == pytest.approx([1.05])

@@ -1,165 +1,170 @@
 # SPDX-License-Identifier: Apache-2.0
 """Implement ``airflow clio auth|pools|check``; imported only when one of them runs.
 
-None of these commands prints a token, a code or the client secret. They run in a plain CLI process, so
-the token store reaches Airflow Variables through the metadata database.
+None of these commands prints a token, a code or the client secret, except ``auth --print-only``, which
+prints the new token pair to stdout because it was asked to. Each runs in the server process context
+(:func:`airflow_provider_clio.cli.context.server_context`), so connections and Variables in the metadata
+database are found like those in ``AIRFLOW_CONN_*`` variables and secrets backends.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlencode, urlsplit
+from typing import TYPE_CHECKING, TextIO
 
 from airflow.utils import cli as cli_utils
 from airflow.utils.providers_configuration_loader import providers_configuration_loaded
 
-if TYPE_CHECKING:
-    from airflow_provider_clio.auth import TokenStore
-    from airflow_provider_clio.hooks.clio import ClioHook
-
-POOL_DESCRIPTION = (
-    "Clio {region} API (airflow-provider-clio): one slot = one request per second of the application's "
-    "rate limit."
+from airflow_provider_clio.cli.authorize import CodeReceiver, authorize_url, code_from
+from airflow_provider_clio.cli.checks import budget_problem, read_pool, slots_for, token_store_problem
+from airflow_provider_clio.cli.context import connection_extra, open_hook, pool_name_for, server_context
+from airflow_provider_clio.cli.handover import (
+    handover_document,
+    instructions,
+    reserve_stdout,
+    write_token_file,
 )
 
+if TYPE_CHECKING:
+    from airflow_provider_clio.auth import TokenSet
 
-def _hook(conn_id: str, store: TokenStore | None = None) -> ClioHook:
-    from airflow.sdk.exceptions import AirflowNotFoundException
+__all__ = ["POOL_DESCRIPTION", "auth", "check", "pools"]
 
-    from airflow_provider_clio.exceptions import ClioError
-    from airflow_provider_clio.hooks.clio import ClioHook
-
-    hook = ClioHook(conn_id, pool_slots=1, token_store=store)
-    try:
-        hook.config  # noqa: B018  # validate the connection now, with an error that names the field
-    except AirflowNotFoundException:
-        raise SystemExit(
-            f"error: connection {conn_id!r} is not defined. Create it (conn type 'clio') with the "
-            "application's client id as login and its secret as password, or pass --conn-id."
-        ) from None
-    except ClioError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    return hook
-
-
-def authorize_url(endpoint: str, *, client_id: str, redirect_uri: str, state: str, scope: str | None) -> str:
-    """Return the URL a person opens to approve the application."""
-    params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": state}
-    if scope:
-        params["scope"] = " ".join(scope.replace(",", " ").split())
-    return f"{endpoint}?{urlencode(params)}"
-
-
-def code_from(value: str, *, state: str | None) -> str:
-    """
-    Return the authorization code in ``value``: the bare code, or the whole URL Clio redirected to.
-
-    A pasted URL is checked for Clio's ``error`` answer and, when ``state`` is given, for the state this
-    command generated (so a code from another authorization attempt is not used by mistake).
-    """
-    value = value.strip()
-    if "://" in value or value.startswith("?") or "code=" in value or "error=" in value:
-        query = parse_qs(urlsplit(value).query if "://" in value else value.lstrip("?"))
-        if "error" in query:
-            description = query.get("error_description", [""])[0]
-            raise SystemExit(f"error: Clio answered {query['error'][0]}: {description}".rstrip(": "))
-        codes = query.get("code")
-        if not codes or not codes[0]:
-            raise SystemExit("error: the pasted URL has no 'code' parameter")
-        returned_state = query.get("state", [None])[0]
-        if state and returned_state and returned_state != state:
-            raise SystemExit(
-                "error: the pasted URL belongs to another authorization attempt (state mismatch); "
-                "open the URL printed above and paste the URL it redirects to"
-            )
-        return codes[0]
-    if not value:
-        raise SystemExit("error: no authorization code given")
-    return value
+POOL_DESCRIPTION = (
+    "Clio {region} API (airflow-provider-clio): {slots} slots x {per_slot:g} req/s per slot within the "
+    "application's limit of {limit:g} req/s."
+)
 
 
 @providers_configuration_loaded
 def auth(args: argparse.Namespace) -> None:
-    """Authorize the application and store the token pair (``airflow clio auth``)."""
-    from airflow_provider_clio.auth import VariableTokenStore
+    """Authorize the application and store (or hand over) the token pair (``airflow clio auth``)."""
+    from airflow_provider_clio.auth import MemoryTokenStore, VariableTokenStore
     from airflow_provider_clio.exceptions import ClioError
 
-    store = VariableTokenStore()
-    hook = _hook(args.conn_id, store)
+    if args.print_only and args.token_file:
+        raise SystemExit("error: --print-only and --token-file exclude each other: pick where the pair goes")
+    local = bool(args.print_only or args.token_file)
+    # In local mode the pair goes to the deployment, never into this machine's Airflow.
+    store = MemoryTokenStore() if local else VariableTokenStore()
+    # --print-only keeps stdout for the JSON alone: everything else (logs included) goes to stderr.
+    json_out = reserve_stdout() if args.print_only else sys.stdout
+    say = sys.stderr if args.print_only else sys.stdout
+    hook = open_hook(args.conn_id, store)
     config = hook.config
     state = secrets.token_urlsafe(16)
     url = authorize_url(
-        hook.authorize_url,
+        config.authorize_url,
         client_id=config.client_id,
         redirect_uri=args.redirect_uri,
         state=state,
         scope=args.scope,
     )
-    print(f"Clio connection {config.conn_id!r}: application {config.client_id}, region {config.region}.")
-    print("Open this URL, sign in as a Clio user who can see the data to extract, and approve:")
-    print()
-    print(f"    {url}")
-    print()
-    print(f"Clio then redirects to {args.redirect_uri}?code=...")
-    if args.code:
-        code = code_from(args.code, state=None)
-    else:
-        # The prompt goes to stderr so stdout stays parseable when the code is piped in; flush stdout first
-        # so a person (or a wrapper script) reading a pipe has the URL before the prompt waits.
-        sys.stdout.flush()
-        print("Paste the code (or the whole redirect URL): ", end="", file=sys.stderr, flush=True)
-        code = code_from(sys.stdin.readline(), state=state)
-
+    listen = args.listen and not args.code
+    with CodeReceiver(args.redirect_uri, state, listen=listen, timeout=args.timeout) as receiver:
+        _print_authorize_prompt(say, config.conn_id, config.client_id, config.region, url, receiver)
+        code = code_from(args.code, state=None) if args.code else receiver.wait()
     try:
         tokens = hook.token_manager.exchange_code(code, args.redirect_uri)
+        extra = connection_extra(hook) if local else {}
     except ClioError as exc:
         raise SystemExit(f"error: {exc}") from None
     finally:
         hook.close()
-    key = store.key(config.conn_id)
+    key = VariableTokenStore().key(config.conn_id)
+    if local:
+        _hand_over(args, config.conn_id, extra, tokens, key, json_out)
+        return
     print(f"Stored the OAuth tokens of connection {config.conn_id!r} in the Airflow Variable {key!r}.")
+    _print_expiry(say, tokens)
+
+
+def _print_authorize_prompt(
+    say: TextIO, conn_id: str, client_id: str, region: str, url: str, receiver: CodeReceiver
+) -> None:
+    print(f"Clio connection {conn_id!r}: application {client_id}, region {region}.", file=say)
+    print("Open this URL, sign in as a Clio user who can see the data to extract, and approve:", file=say)
+    print(f"\n    {url}\n", file=say)
+    if receiver.listening:
+        print(f"Clio then redirects to {receiver.redirect_uri}, where this command is listening.", file=say)
+    else:
+        print(f"Clio then redirects to {receiver.redirect_uri}?code=...", file=say)
+        for reason in receiver.bind_errors:
+            print(f"(cannot listen on {reason}; paste the redirect URL instead)", file=say)
+    # Flush before the prompt so a person (or a script) reading a pipe has the URL before the wait starts.
+    say.flush()
+
+
+def _print_expiry(say: TextIO, tokens: TokenSet) -> None:
     if tokens.expires_at is not None:
         expires = datetime.fromtimestamp(tokens.expires_at, tz=timezone.utc).isoformat(timespec="seconds")
-        print(f"The access token expires at {expires}; tasks refresh it (and rotate the pair) from now on.")
+        print(
+            f"The access token expires at {expires}; tasks refresh it (and rotate the pair) from now on.",
+            file=say,
+        )
+
+
+def _hand_over(
+    args: argparse.Namespace, conn_id: str, extra: dict, tokens: TokenSet, key: str, json_out: TextIO
+) -> None:
+    document = handover_document(conn_id, extra, tokens, key)
+    if args.token_file:
+        write_token_file(args.token_file, document)
+        print(instructions(conn_id, key, f"the file {args.token_file}, mode 0600"))
+        return
+    print(instructions(conn_id, key, "the JSON printed on stdout"), file=sys.stderr)
+    print(json.dumps(document, indent=2), file=json_out, flush=True)
 
 
 @cli_utils.action_cli
 @providers_configuration_loaded
 def pools(args: argparse.Namespace) -> None:
-    """Create or update the per-region pools (``airflow clio pools``)."""
+    """Create or update the Clio pools, sized to the rate limit (``airflow clio pools``)."""
     from airflow.api.client import get_current_api_client
-    from airflow.exceptions import PoolNotFound
 
-    from airflow_provider_clio.rate_limit import pool_name_for
+    from airflow_provider_clio.regions import REGIONS
 
-    client = get_current_api_client()
-    for region in args.region:
-        name = pool_name_for(region)
-        try:
-            client.get_pool(name=name)
-            action = "updated"
-        except PoolNotFound:
-            action = "created"
-        client.create_pool(
-            name=name,
-            slots=args.slots,
-            description=POOL_DESCRIPTION.format(region=region.upper()),
-            include_deferred=args.include_deferred,
+    server_context()
+    per_slot = 1.0
+    targets = [(pool_name_for(region), region) for region in (args.region or REGIONS)]
+    if args.conn_id:
+        if args.region:
+            raise SystemExit("error: --region and --conn-id exclude each other (the connection has a region)")
+        config = open_hook(args.conn_id).config
+        per_slot, targets = config.requests_per_slot, [(config.pool, config.region)]
+    slots = args.slots or slots_for(args.limit, per_slot)
+    if slots < 1:
+        raise SystemExit(
+            f"error: requests_per_slot {per_slot:g} exceeds the limit of {args.limit:g} req/s: "
+            "not even one slot fits; lower the connection's requests_per_slot"
         )
-        print(f"Pool {name} {action}: {args.slots} slots, include_deferred={args.include_deferred}")
+    problem = budget_problem(slots, per_slot, args.limit)
+    if problem:
+        print(f"warning: {problem}; `airflow clio check` will fail", file=sys.stderr)
+    how = "as given" if args.slots else f"limit {args.limit:g} req/s / {per_slot:g} req/s per slot"
+    client = get_current_api_client()
+    for name, region in targets:
+        action = "updated" if read_pool(name) is not None else "created"
+        description = POOL_DESCRIPTION.format(
+            region=region.upper(), slots=slots, per_slot=per_slot, limit=args.limit
+        )
+        client.create_pool(
+            name=name, slots=slots, description=description, include_deferred=args.include_deferred
+        )
+        print(f"Pool {name} {action}: {slots} slots, include_deferred={args.include_deferred} ({how})")
 
 
 @providers_configuration_loaded
 def check(args: argparse.Namespace) -> None:
-    """Test a connection and show the pool and per-task rate its tasks get (``airflow clio check``)."""
-    from airflow.api.client import get_current_api_client
-    from airflow.exceptions import PoolNotFound
+    """Check the connection, the token store and the pool's rate budget (``airflow clio check``)."""
+    from airflow_provider_clio.auth import VariableTokenStore
 
-    hook = _hook(args.conn_id)
+    store = VariableTokenStore()
+    hook = open_hook(args.conn_id, store)
     config = hook.config
     try:
         # The full check: Airflow's UI "Test" (test_connection) deliberately spends no refresh token.
@@ -167,22 +172,41 @@ def check(args: argparse.Namespace) -> None:
     finally:
         hook.close()
     print(f"{'OK' if ok else 'FAILED'}: {message}")
-    try:
-        _, slots, _, include_deferred, _ = get_current_api_client().get_pool(name=config.pool)
-    except PoolNotFound:
-        print(
-            f"Pool: {config.pool} does not exist; run `airflow clio pools` "
-            "(tasks in a missing pool are never scheduled)."
-        )
-    else:
-        deferred = (
-            "deferred tasks keep their slot" if include_deferred else "deferred tasks release their slot"
-        )
-        print(f"Pool: {config.pool} ({slots} slots, {deferred}).")
+    failed = not ok
+    if ok:
+        problem = token_store_problem(store, config.conn_id, hook.token_manager.tokens)
+        failed |= problem is not None
+        stored = f"OK: Token store: {store.key(config.conn_id)!r} reads back what was written."
+        print(f"FAILED: Token store: {problem}." if problem else stored)
+    failed |= not _report_pool(config.pool, config.requests_per_slot, args.limit, args.conn_id)
     per_slot = config.requests_per_slot
     print(
         f"Rate: {per_slot:g} req/s per pool slot; a task with pool_slots=1 paces at {per_slot:g} req/s, "
         f"pool_slots=k at k x {per_slot:g} req/s."
     )
-    if not ok:
+    if failed:
         raise SystemExit(1)
+
+
+def _report_pool(name: str, per_slot: float, limit: float, conn_id: str) -> bool:
+    """Print the pool's state and budget; return whether it is usable and within the limit."""
+    pool = read_pool(name)
+    if pool is None:
+        print(
+            f"FAILED: Pool: {name} does not exist; run `airflow clio pools --conn-id {conn_id}` "
+            "(tasks in a missing pool are never scheduled)."
+        )
+        return False
+    deferred = "keep" if pool.include_deferred else "release"
+    problem = budget_problem(pool.slots, per_slot, limit)
+    if problem:
+        print(
+            f"FAILED: Pool: {name}: {problem}. Run `airflow clio pools --conn-id {conn_id}` (sets "
+            f"{slots_for(limit, per_slot)} slots) or lower the connection's requests_per_slot."
+        )
+        return False
+    print(
+        f"OK: Pool: {name} ({pool.slots} slots x {per_slot:g} req/s per slot = {pool.slots * per_slot:g} "
+        f"req/s within the limit of {limit:g} req/s; deferred tasks {deferred} their slot)."
+    )
+    return True

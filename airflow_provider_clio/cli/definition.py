@@ -8,6 +8,7 @@ imported when a command runs, so ``airflow --help`` does not pay for the hook an
 from __future__ import annotations
 
 import argparse
+import math
 from typing import TYPE_CHECKING
 
 from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand, lazy_load_command
@@ -17,8 +18,17 @@ from airflow_provider_clio.regions import REGIONS
 if TYPE_CHECKING:
     from airflow.cli.cli_config import CLICommand
 
+__all__ = [
+    "CLIO_COMMANDS",
+    "DEFAULT_REDIRECT_URI",
+    "get_clio_cli_commands",
+    "positive_number",
+    "regions_argument",
+    "slots_argument",
+]
+
 DEFAULT_REDIRECT_URI = "http://localhost:8910/callback"
-"""The redirect URI the docs tell users to register with their Clio application."""
+"""The redirect URI the docs tell users to register with their Clio application (``auth`` listens there)."""
 
 
 def regions_argument(value: str) -> list[str]:
@@ -45,15 +55,33 @@ def slots_argument(value: str) -> int:
     return slots
 
 
+def positive_number(value: str) -> float:
+    """Parse a positive, finite number (``--limit``, ``--timeout``)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not 0 < number < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
 ARG_CONN_ID = Arg(
     ("--conn-id",), default="clio_default", help="The Clio connection id (default: clio_default)."
+)
+ARG_POOLS_CONN_ID = Arg(
+    ("--conn-id",),
+    help=(
+        "Size and name the pool from this connection: its pool, region and requests_per_slot "
+        "(default: the four region pools at requests_per_slot 1)."
+    ),
 )
 ARG_REDIRECT_URI = Arg(
     ("--redirect-uri",),
     default=DEFAULT_REDIRECT_URI,
     help=(
         "Redirect URI registered with the Clio application; must match exactly "
-        f"(default: {DEFAULT_REDIRECT_URI})."
+        f"(default: {DEFAULT_REDIRECT_URI}, which this command listens on)."
     ),
 )
 ARG_CODE = Arg(
@@ -70,13 +98,45 @@ ARG_SCOPE = Arg(
 ARG_SLOTS = Arg(
     ("--slots",),
     type=slots_argument,
-    default=3,
-    help="Slots per pool = the application's rate limit in requests per second (default: 3).",
+    help="Slots per pool, as given (default: floor(limit / requests_per_slot)).",
+)
+ARG_LIMIT = Arg(
+    ("--limit",),
+    type=positive_number,
+    default=3.0,
+    help="The application's rate limit per region in requests per second (default: 3, Clio's).",
+)
+ARG_LISTEN = Arg(
+    ("--listen",),
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help=(
+        "Receive the code on the redirect URI when it is http://127.0.0.1:PORT/..., "
+        "http://localhost:PORT/... or http://[::1]:PORT/... (default: on); a paste always works too."
+    ),
+)
+ARG_TIMEOUT = Arg(
+    ("--timeout",),
+    type=positive_number,
+    default=300.0,
+    help="Seconds to wait for the redirect or the paste (default: 300).",
+)
+ARG_PRINT_ONLY = Arg(
+    ("--print-only",),
+    action="store_true",
+    help=(
+        "Local mode for managed Airflow: print the new token pair as JSON on stdout (the connection "
+        "extra and the token Variable to set in the deployment) instead of storing it here."
+    ),
+)
+ARG_TOKEN_FILE = Arg(
+    ("--token-file",),
+    metavar="PATH",
+    help="Local mode for managed Airflow: write that JSON to PATH (mode 0600) instead of storing it here.",
 )
 ARG_REGION = Arg(
     ("--region",),
     type=regions_argument,
-    default=list(REGIONS),
     metavar="REGIONS",
     help="'all' (default) or a comma list of us, ca, eu, au.",
 )
@@ -92,28 +152,43 @@ CLIO_COMMANDS = (
         name="auth",
         help="Authorize the Clio application once and store the OAuth tokens",
         description=(
-            "Print the authorize URL of the connection's region, read the code Clio redirects back with, "
-            "exchange it for tokens and store them in the token store (Airflow Variable "
-            "clio_oauth_tokens__<conn_id>). Never prints a secret."
+            "Print the authorize URL of the connection's region, receive the code Clio redirects back with "
+            "(on the loopback redirect URI, or pasted), exchange it for tokens and store them in the token "
+            "store (Airflow Variable clio_oauth_tokens__<conn_id>); never prints a secret. With "
+            "--print-only or --token-file (managed Airflow) the pair is handed over instead of stored."
         ),
         func=lazy_load_command("airflow_provider_clio.cli.commands.auth"),
-        args=(ARG_CONN_ID, ARG_REDIRECT_URI, ARG_CODE, ARG_SCOPE),
+        args=(
+            ARG_CONN_ID,
+            ARG_REDIRECT_URI,
+            ARG_CODE,
+            ARG_SCOPE,
+            ARG_LISTEN,
+            ARG_TIMEOUT,
+            ARG_PRINT_ONLY,
+            ARG_TOKEN_FILE,
+        ),
     ),
     ActionCommand(
         name="pools",
         help="Create or update the per-region Clio pools",
         description=(
-            "Create or update the pools clio_us, clio_ca, clio_eu and clio_au. One slot is worth one request "
-            "per second, so slots = the application's rate limit."
+            "Create or update the pools clio_us, clio_ca, clio_eu and clio_au (or, with --conn-id, the "
+            "connection's pool) with floor(limit / requests_per_slot) slots, so the pool's tasks together "
+            "stay within the application's rate limit."
         ),
         func=lazy_load_command("airflow_provider_clio.cli.commands.pools"),
-        args=(ARG_SLOTS, ARG_REGION, ARG_INCLUDE_DEFERRED),
+        args=(ARG_POOLS_CONN_ID, ARG_LIMIT, ARG_SLOTS, ARG_REGION, ARG_INCLUDE_DEFERRED),
     ),
     ActionCommand(
         name="check",
-        help="Test a Clio connection and show the pool and rate its tasks use",
+        help="Test a Clio connection, its token store and its pool's rate budget",
+        description=(
+            "Make one authenticated API call, write and read back the token store, and check that the "
+            "pool exists with slots x requests_per_slot within the limit. Exits 1 on any failure."
+        ),
         func=lazy_load_command("airflow_provider_clio.cli.commands.check"),
-        args=(ARG_CONN_ID,),
+        args=(ARG_CONN_ID, ARG_LIMIT),
     ),
 )
 

@@ -1,19 +1,20 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The Clio hook: connection parsing, the single HTTP send path, retries, pagination and single records.
+"""The Clio hook: a connection, one request path, and the pages and records it reads.
 
-Every request the provider makes goes through :meth:`ClioHook._send`: rate limiter (API calls only) → bearer
-token → ``requests.Session.request`` → classification into the typed errors of
-:mod:`airflow_provider_clio.exceptions`. The OAuth token endpoint uses the same path (without the limiter)
-through the ``post`` callable handed to :class:`~airflow_provider_clio.auth.TokenManager`.
+Every request goes through :meth:`ClioHook._send`: the API's pacer (API calls only) → bearer token (only to
+the hosts :class:`~airflow_provider_clio.urls.UrlRules` allows) → ``requests.Session.request`` → the pacer
+observes the response. :func:`~airflow_provider_clio.responses.classify` then turns it into a body or a typed
+error of :mod:`airflow_provider_clio.exceptions`, and :class:`~airflow_provider_clio.retrying.RetrySettings`
+retries the retryable ones. The OAuth token endpoint uses the same path (without the pacer) through the
+``post`` callable handed to :class:`~airflow_provider_clio.auth.TokenManager`.
+
+Over 400 lines: the public hook API's docstrings plus the one request path, kept together on purpose.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import random
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import requests
-import tenacity
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 from airflow.sdk.observability import stats
@@ -31,7 +31,7 @@ from requests.adapters import HTTPAdapter
 
 from airflow_provider_clio import __version__
 from airflow_provider_clio.auth import TokenManager, TokenSet, VariableTokenStore
-from airflow_provider_clio.config import ClioConfig
+from airflow_provider_clio.connection import ClioConfig
 from airflow_provider_clio.exceptions import (
     ClioAuthError,
     ClioConfigError,
@@ -39,31 +39,25 @@ from airflow_provider_clio.exceptions import (
     ClioFatalError,
     ClioRetryableError,
     ClioTransientError,
-    error_for_status,
-    error_message,
     scrub,
     truncate,
 )
 from airflow_provider_clio.fields import normalize_fields
-from airflow_provider_clio.pagination import CursorTracker, Page, page_records, same_origin, token_allowed
-from airflow_provider_clio.rate_limit import (
-    RateLimiter,
-    RetrySettings,
-    parse_retry_after,
-    pool_name_for,
-    resolve_pool_slots,
-    shared_limiter,
-)
+from airflow_provider_clio.pagination import CursorTracker, Page, page_records
+from airflow_provider_clio.pools import resolve_pool_slots
+from airflow_provider_clio.rate_limit import PacerRequest
+from airflow_provider_clio.responses import Answer, classify
+from airflow_provider_clio.retrying import RetrySettings, log_before_sleep
+from airflow_provider_clio.urls import same_origin
 
 if TYPE_CHECKING:
     from airflow_provider_clio.auth import TokenStore
+    from airflow_provider_clio.rate_limit import Pacer
 
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a TCP/TLS connection (capped by the hook's ``timeout``)."""
 
 _ID_SEGMENT = re.compile(r"^\d+$")
-
-log = logging.getLogger(__name__)
 
 
 def _user_agent() -> str:
@@ -84,7 +78,7 @@ class HookStats:
     :param retries: In-request retries made after retryable errors.
     :param pages: List pages fetched.
     :param records: Records yielded by pagination.
-    :param limiter_wait_seconds: Total time spent waiting for the rate limiter.
+    :param limiter_wait_seconds: Total time spent waiting for the pacer.
     :param token_requests: Calls to the OAuth token endpoint.
     """
 
@@ -114,12 +108,6 @@ class RecordResult:
     last_modified: str | None = None
 
 
-@dataclass
-class _Answer:
-    response: requests.Response
-    body: Any
-
-
 class _CallState:
     """
     Per-call memory across retries: a 401 buys one token refresh per call, not one per attempt.
@@ -134,12 +122,13 @@ class _CallState:
 
 class ClioHook(BaseHook):
     """
-    Talk to the Clio Platform API within its per-application rate limit.
+    Talk to a Clio API within its rate limit.
 
-    Reads the OAuth client and tokens from an Airflow connection, paces every request with a limiter shared
-    by all hooks of the same application and region in the process (``pool_slots * requests_per_slot``
-    req/s), refreshes the rotating access token, retries 429/5xx/transport errors with backoff, and raises
-    typed errors (:mod:`airflow_provider_clio.exceptions`) for everything else.
+    Reads the OAuth client and tokens from an Airflow connection (whose ``api`` extra picks the API, default
+    the Platform API), paces every request with the API's pacer (for the Platform API a limiter shared by all
+    hooks of the same application and region in the process, ``pool_slots * requests_per_slot`` req/s),
+    refreshes the access token, retries 429/5xx/transport errors with backoff, and raises typed errors
+    (:mod:`airflow_provider_clio.exceptions`) for everything else.
 
     .. code-block:: python
 
@@ -185,11 +174,10 @@ class ClioHook(BaseHook):
         self.timeout = float(timeout)
         self._clock = clock
         self._sleep = sleep
-        self._rng = random.Random()
         self.stats = HookStats()
         self._seen_tokens: set[str] = set()
 
-    # -- configuration ---------------------------------------------------------------------------------
+    # -- the connection --------------------------------------------------------------------------------
 
     @cached_property
     def config(self) -> ClioConfig:
@@ -207,24 +195,9 @@ class ClioHook(BaseHook):
         return self.config.base_url
 
     @property
-    def token_url(self) -> str:
-        """The OAuth token endpoint."""
-        return self.config.token_url
-
-    @property
-    def authorize_url(self) -> str:
-        """The OAuth authorization endpoint (used by ``airflow clio auth``)."""
-        return self.config.authorize_url
-
-    @property
     def pool_name(self) -> str:
         """The Airflow pool this connection's tasks should run in (``clio_<region>`` by default)."""
         return self.config.pool
-
-    @staticmethod
-    def pool_for_region(region: str) -> str:
-        """Return the default pool name of ``region``."""
-        return pool_name_for(region)
 
     @cached_property
     def pool_slots(self) -> int:
@@ -237,16 +210,18 @@ class ClioHook(BaseHook):
         return self.pool_slots * self.config.requests_per_slot
 
     @cached_property
-    def limiter(self) -> RateLimiter:
-        """The process-wide limiter of this application and region, set to this hook's rate."""
-        return shared_limiter(self.config.client_id, self.region, self.rate, clock=self._clock)
+    def pacer(self) -> Pacer:
+        """The API's pacer for this application, region and rate (shared within the process)."""
+        config = self.config
+        request = PacerRequest(config.client_id, config.region, self.rate, clock=self._clock)
+        return config.api.make_pacer(request)
 
     @cached_property
     def session(self) -> requests.Session:
         """The HTTP session every request goes through."""
         session = requests.Session()
         session.headers.update({"User-Agent": _user_agent(), "Accept": "application/json"})
-        # Retries are ours (they must pass the limiter again), so urllib3 must not retry behind our back.
+        # Retries are ours (they must pass the pacer again), so urllib3 must not retry behind our back.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=8, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
@@ -269,6 +244,8 @@ class ClioHook(BaseHook):
             store=self._token_store if self._token_store is not None else VariableTokenStore(),
             post=self.post_form,
             sleep=self._sleep,
+            rotates_refresh_token=config.api.rotates_refresh_token,
+            parse_error=config.api.parse_error,
         )
 
     def close(self) -> None:
@@ -292,8 +269,7 @@ class ClioHook(BaseHook):
         :meth:`paginate`.
         """
         query = self._query(None, params)
-        url = self._url(endpoint)
-        answer = self._call("GET", url, label=_label(endpoint), params=query)
+        answer = self._call("GET", self.config.urls.endpoint(endpoint), label=_label(endpoint), params=query)
         if not isinstance(answer.body, dict):
             raise ClioFatalError(
                 f"expected a JSON object, got {type(answer.body).__name__}", endpoint=_label(endpoint)
@@ -322,7 +298,7 @@ class ClioHook(BaseHook):
             or str(record_id).strip() == ""
         ):
             raise ClioConfigError(f"record_id must be an int or a non-empty string, got {record_id!r}")
-        url = f"{self._url(endpoint).rstrip('/')}/{quote(str(record_id).strip(), safe='')}"
+        url = f"{self.config.urls.endpoint(endpoint).rstrip('/')}/{quote(str(record_id).strip(), safe='')}"
         label = f"{_label(endpoint)}/{{id}}"  # one metric series per endpoint, not per record
         headers = {"If-None-Match": etag} if etag else None
         answer = self._call("GET", url, label=label, params=query, headers=headers, allow_not_modified=True)
@@ -347,10 +323,10 @@ class ClioHook(BaseHook):
         Yield the pages of a list endpoint, following ``meta.paging.next`` exactly as the server sends it.
 
         ``fields`` and ``params`` go into the first request only; later pages use the ``next`` URL's path
-        and query as is (they carry them). A ``next`` URL on another ``https://*.clio.com`` host is followed
-        there, or, with a ``host`` override, rewritten onto the override (see
-        :mod:`~airflow_provider_clio.pagination`). The iteration stops when ``next`` is absent or null, and
-        raises ClioPaginationError on a loop or a ``next`` URL on any other host.
+        and query as is (they carry them). A ``next`` URL on another of the API's hosts (``https://*.clio.com``)
+        is followed there, or, with a ``host`` override, rewritten onto the override (see
+        :mod:`~airflow_provider_clio.urls`). The iteration stops when ``next`` is absent or null, and raises
+        ClioPaginationError on a loop or a ``next`` URL on any other host.
 
         :param endpoint: The list endpoint, e.g. ``grow/contacts``.
         :param fields: Fields to select, ``["id", "client{id,name}"]`` or ``"id,client{id,name}"``.
@@ -360,17 +336,13 @@ class ClioHook(BaseHook):
         """
         query = self._query(fields, params)
         label = _label(endpoint)
-        tracker = CursorTracker(self.base_url, host_override=self.config.host_override)
+        tracker = CursorTracker(self.config.urls)
+        first_params: dict[str, Any] | None = None
         if start_url is not None:
             url: str | None = tracker.resolve(start_url, what="start URL")
-            first_params: dict[str, Any] | None = None
         else:
-            url = self._url(endpoint)
-            first_params = query
-        number = 0
-        records_so_far = 0
-        started = self._clock()
-        requests_before = self.stats.requests
+            url, first_params = self.config.urls.endpoint(endpoint), query
+        progress = _Progress(self, label)
         while url is not None:
             if first_params is None:
                 tracker.visit(url)
@@ -380,27 +352,8 @@ class ClioHook(BaseHook):
                 tracker.visit(page_url)
                 first_params = None
             records = page_records(answer.body, page_url)
-            next_url = tracker.follow(answer.body, page_url)
-            number += 1
-            records_so_far += len(records)
-            self.stats.pages += 1
-            self.stats.records += len(records)
-            elapsed = self._clock() - started
-            sent = self.stats.requests - requests_before
-            self.log.info(
-                "Clio %s: page %d, %d records (%d so far), %d requests in %.1f s (%s)%s",
-                label,
-                number,
-                len(records),
-                records_so_far,
-                sent,
-                elapsed,
-                # A rate over less than a second is noise (the first page always looks "fast").
-                f"{sent / elapsed:.2f} req/s" if elapsed >= 1.0 else "rate after 1 s",
-                "" if next_url else ", last page",
-            )
-            yield Page(records=records, next_url=next_url, number=number, url=page_url)
-            url = next_url
+            url = tracker.follow(answer.body, page_url)
+            yield Page(records=records, next_url=url, number=progress.page(len(records), url), url=page_url)
 
     def paginate(
         self,
@@ -420,17 +373,12 @@ class ClioHook(BaseHook):
         stored tokens exist. Refreshing there would spend the connection's single-use refresh token and
         store the rotated pair under the temporary id, leaving the real connection with a revoked token. So
         this makes one API call only with an access token that is still valid (token store or connection
-        extras), never refreshing it; without one, it verifies the client credentials at the token endpoint
-        with a deliberately invalid refresh token (Clio authenticates the client first: ``invalid_grant``
-        means the id and secret were accepted, ``invalid_client`` that they were not).
+        extras), never refreshing it; without one, the token manager verifies the client credentials at the
+        token endpoint with a deliberately invalid refresh token (Clio authenticates the client first:
+        ``invalid_grant`` means the id and secret were accepted, ``invalid_client`` that they were not).
         :meth:`check_connection` (``airflow clio check``) does the full authenticated check.
         """
-        try:
-            return self._test_without_refresh()
-        except ClioError as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        except Exception as exc:
-            return False, truncate(scrub(f"{type(exc).__name__}: {exc}", self._secrets()))
+        return self._report(self._test_without_refresh)
 
     def check_connection(self) -> tuple[bool, str]:
         """
@@ -440,23 +388,22 @@ class ClioHook(BaseHook):
         new pair under this hook's connection id, so call it with the real connection id only (it is what
         ``airflow clio check`` runs).
         """
-        try:
-            self.get("grow/users", params={"fields": "id"})
-        except ClioError as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        except Exception as exc:
-            return False, truncate(scrub(f"{type(exc).__name__}: {exc}", self._secrets()))
-        config = self.config
-        return True, (
-            f"Connected to Clio ({config.region}) at {config.base_url} as application {config.client_id}; "
-            f"pool {config.pool}, {self.rate:g} req/s"
-        )
+
+        def check() -> tuple[bool, str]:
+            config = self.config
+            self.get(config.api.probe_endpoint, params={"fields": "id"})
+            return True, (
+                f"Connected to Clio ({config.region}) at {config.base_url} as application "
+                f"{config.client_id}; pool {config.pool}, {self.rate:g} req/s"
+            )
+
+        return self._report(check)
 
     def post_form(self, url: str, form: dict[str, str]) -> requests.Response:
         """
         POST a form to the OAuth token endpoint and return the raw response (TokenManager's ``post``).
 
-        Same session, timeouts and transport-error classification as API calls; no limiter (Clio does not
+        Same session, timeouts and transport-error classification as API calls; no pacer (Clio does not
         count token calls), no bearer token, no retry (a retried refresh would spend a rotated token twice).
         """
         if not same_origin(url, self.config.token_url):
@@ -465,6 +412,14 @@ class ClioHook(BaseHook):
         return self._send("POST", url, label="oauth/token", data=form, api=False)
 
     # -- connection test -------------------------------------------------------------------------------
+
+    def _report(self, check: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
+        try:
+            return check()
+        except ClioError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            return False, truncate(scrub(f"{type(exc).__name__}: {exc}", self._secrets()))
 
     def _test_without_refresh(self) -> tuple[bool, str]:
         config = self.config
@@ -475,14 +430,10 @@ class ClioHook(BaseHook):
         rejected = ""
         token = self.token_manager.usable_access_token()
         if token is not None:
+            probe = config.api.probe_endpoint
             try:
-                self._call(
-                    "GET",
-                    self._url("grow/users"),
-                    label="grow/users",
-                    params={"fields": "id"},
-                    token=self._remember(token),
-                )
+                url = config.urls.endpoint(probe)
+                self._call("GET", url, label=probe, params={"fields": "id"}, token=self._remember(token))
             except ClioAuthError as exc:
                 if exc.status_code != 401:
                     raise
@@ -493,49 +444,13 @@ class ClioHook(BaseHook):
                     f"{config.client_id} with the current access token; pool {config.pool}, "
                     f"{self.rate:g} req/s{untouched}"
                 )
-        self._verify_client_credentials()
+        self.token_manager.verify_client_credentials()
         return True, (
             f"{rejected}Clio's token endpoint {config.token_url} accepted the client credentials of "
             f"application {config.client_id} (region {config.region}); no API call was made{untouched}"
         )
 
-    def _verify_client_credentials(self) -> None:
-        """Raise unless the token endpoint accepts the client id and secret; spends no token."""
-        config = self.config
-        # Made up on the spot: it was never issued, so presenting it cannot look like the reuse of a token.
-        bogus = f"airflow-provider-clio-test-{secrets.token_urlsafe(16)}"
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": bogus,
-            "client_id": config.client_id,
-            "client_secret": config.client_secret,
-        }
-        response = self.post_form(config.token_url, form)
-        status = response.status_code
-        error, message = error_message(response.content, secrets=[*self._secrets(), bogus])
-        if error == "invalid_grant" and 400 <= status < 500:
-            return  # the client authenticated; only the (made-up) grant was refused
-        if error == "invalid_client":
-            raise ClioAuthError(
-                f"Clio rejected the client credentials (invalid_client: {message}). Check the connection's "
-                "login (client id / App Key), password (client secret) and region.",
-                status_code=status,
-                endpoint="oauth/token",
-            )
-        if 200 <= status < 300:
-            raise ClioFatalError(
-                "the token endpoint accepted a made-up refresh token: is the connection's host really Clio?",
-                status_code=status,
-                endpoint="oauth/token",
-            )
-        raise error_for_status(
-            status,
-            f"Clio's token endpoint answered {error or 'an error'}: {message}",
-            endpoint="oauth/token",
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-
-    # -- the one send path -----------------------------------------------------------------------------
+    # -- the one request path --------------------------------------------------------------------------
 
     def _send(
         self,
@@ -549,17 +464,17 @@ class ClioHook(BaseHook):
         data: Mapping[str, str] | None = None,
         token: str | None = None,
     ) -> requests.Response:
-        """Limiter (API calls) → bearer token → send → transport errors as ClioTransientError."""
+        """Pacer (API calls) → bearer token → send → pacer observes; transport errors: ClioTransientError."""
         request_headers = dict(headers or {})
         if token is not None:
-            if not token_allowed(url, self.base_url, host_override=self.config.host_override):
+            if not self.config.urls.may_carry_token(url):
                 raise ClioFatalError(
-                    "refusing to send the access token to a host other than the API base or *.clio.com"
+                    "refusing to send the access token to a host other than the API base or the API's hosts"
                 )
             request_headers["Authorization"] = f"Bearer {token}"
         if not api:
             return self._transmit(method, url, label=label, params=params, data=data, headers=request_headers)
-        waited = self.limiter.acquire(self._sleep)
+        waited = self.pacer.acquire(self._sleep)
         self.stats.limiter_wait_seconds += waited
         stats.timing("clio.limiter_wait", timedelta(seconds=waited), tags={"region": self.region})
         tags = {"region": self.region, "endpoint": label}
@@ -571,9 +486,10 @@ class ClioHook(BaseHook):
             status = str(response.status_code)
         finally:
             # The server stamped the request before this moment: the limiter's window guard needs it.
-            self.limiter.release()
+            self.pacer.release()
             self.stats.requests += 1
             stats.incr("clio.requests", tags={**tags, "status": status})
+        self.pacer.observe(response)
         if response.status_code == 429:
             self.stats.rate_limited += 1
             stats.incr("clio.rate_limited", tags=tags)
@@ -624,7 +540,7 @@ class ClioHook(BaseHook):
         headers: Mapping[str, str] | None,
         allow_not_modified: bool,
         state: _CallState,
-    ) -> _Answer:
+    ) -> Answer:
         token = state.token if state.token is not None else self._access_token()
         response = self._send(method, url, label=label, params=params, headers=headers, token=token)
         if response.status_code == 401 and state.token is None and not state.refreshed:
@@ -634,42 +550,13 @@ class ClioHook(BaseHook):
             # attempt must be allowed to refresh again, or its 401 would read as "rejected after a refresh".
             state.refreshed = True
             response = self._send(method, url, label=label, params=params, headers=headers, token=token)
-        return self._classify(response, label=label, allow_not_modified=allow_not_modified)
-
-    def _classify(self, response: requests.Response, *, label: str, allow_not_modified: bool) -> _Answer:
-        status = response.status_code
-        if status == 304 and allow_not_modified:
-            return _Answer(response, None)
-        if 200 <= status < 300:
-            # Every call the hook makes reads a JSON object. An empty or unparsable 2xx body (a proxy's
-            # hiccup, a transfer cut short) is the same fault either way and worth another try; turning an
-            # empty body into {} made a list page look malformed and failed the task for good.
-            if not response.content.strip():
-                raise ClioTransientError(
-                    f"empty body where JSON was expected (HTTP {status})", status_code=status, endpoint=label
-                )
-            try:
-                return _Answer(response, response.json())
-            except ValueError:
-                raise ClioTransientError(
-                    f"unparsable JSON body ({len(response.content)} bytes)",
-                    status_code=status,
-                    endpoint=label,
-                ) from None
-        _, message = error_message(response.content, secrets=self._secrets())
-        if status == 401:
-            raise ClioAuthError(
-                f"Clio rejected the access token even after a refresh: {message or 'unauthorized'}. "
-                "Check that the application is registered in the connection's region, or authorize it "
-                "again.",
-                status_code=status,
-                endpoint=label,
-            )
-        if 300 <= status < 400:
-            # Redirects are never followed: they could carry the bearer token to another host.
-            message = f"unexpected redirect (HTTP {status}); set the connection host to the final API URL"
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        raise error_for_status(status, message, endpoint=label, retry_after=retry_after)
+        return classify(
+            response,
+            label=label,
+            parse_error=self.config.api.parse_error,
+            secrets=self._secrets(),
+            allow_not_modified=allow_not_modified,
+        )
 
     def _call(
         self,
@@ -681,51 +568,16 @@ class ClioHook(BaseHook):
         headers: Mapping[str, str] | None = None,
         allow_not_modified: bool = False,
         token: str | None = None,
-    ) -> _Answer:
+    ) -> Answer:
         """Run one logical request with the in-request retry policy (with ``token``: no refresh on 401)."""
-        settings = self.retry_settings
-        state = _CallState(token)
+        warn = log_before_sleep(self.log.warning, label, self.retry_settings.max_attempts)
 
-        def wait(retry_state: tenacity.RetryCallState) -> float:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
-            retry_after = getattr(exc, "retry_after", None)
-            seconds = settings.next_wait(
-                retry_state.attempt_number,
-                waited=retry_state.idle_for,
-                retry_after=retry_after,
-                rng=self._rng,
-            )
-            # tenacity asks "wait" before "stop": an infinite wait is our "give up" signal to stop().
-            return math.inf if seconds is None else seconds
-
-        def stop(retry_state: tenacity.RetryCallState) -> bool:
-            return math.isinf(retry_state.upcoming_sleep)
-
-        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
-            exc = retry_state.outcome.exception() if retry_state.outcome else None
+        def before_sleep(retry_state: Any) -> None:
             self.stats.retries += 1
-            status = getattr(exc, "status_code", None)
-            retry_after = getattr(exc, "retry_after", None)
-            self.log.warning(
-                "Clio %s: %s on attempt %d/%d (%s); %s %.2f s%s",
-                label,
-                f"HTTP {status}" if status is not None else "transport error",
-                retry_state.attempt_number,
-                settings.max_attempts,
-                exc,
-                "rate limited, sleeping" if status == 429 else "backing off",
-                retry_state.upcoming_sleep,
-                " as Retry-After asks" if retry_after is not None else "",
-            )
+            warn(retry_state)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(ClioRetryableError),
-            wait=wait,
-            stop=stop,
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        retrying = self.retry_settings.retrying(sleep=self._sleep, before_sleep=before_sleep)
+        state = _CallState(token)
         try:
             return retrying(
                 self._attempt,
@@ -764,21 +616,11 @@ class ClioHook(BaseHook):
         config = self.__dict__.get("config")
         if config is not None:
             secrets += [config.client_secret, config.refresh_token, config.access_token]
-        # Rotated refresh tokens never reach this hook's error paths: TokenManager handles the token
-        # endpoint's answers and scrubs them itself.
+        manager = self.__dict__.get("token_manager")
+        if manager is not None:
+            # Includes refresh tokens rotated away in this process, which an error body may still echo.
+            secrets += manager.secrets()
         return secrets
-
-    def _url(self, endpoint: str) -> str:
-        if not isinstance(endpoint, str) or not endpoint.strip().strip("/"):
-            raise ClioConfigError(
-                f"endpoint must be a relative path such as 'grow/contacts', got {endpoint!r}"
-            )
-        path = endpoint.strip().lstrip("/")
-        if "://" in path:
-            raise ClioConfigError(
-                f"endpoint must be relative to the API base URL (e.g. 'grow/contacts'), got {endpoint!r}"
-            )
-        return f"{self.base_url}/{path}"
 
     @staticmethod
     def _query(fields: str | Sequence[str] | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -795,6 +637,41 @@ class ClioHook(BaseHook):
         if selection is not None:
             query["fields"] = selection
         return query
+
+
+class _Progress:
+    """Count one ``iter_pages`` run's pages and records, and log a progress line per page."""
+
+    def __init__(self, hook: ClioHook, label: str) -> None:
+        self.hook = hook
+        self.label = label
+        self.number = 0
+        self.records = 0
+        self.started = hook._clock()
+        self.requests_before = hook.stats.requests
+
+    def page(self, records: int, next_url: str | None) -> int:
+        """Count a page of ``records`` records and log it; return its 1-based number."""
+        hook = self.hook
+        self.number += 1
+        self.records += records
+        hook.stats.pages += 1
+        hook.stats.records += records
+        elapsed = hook._clock() - self.started
+        sent = hook.stats.requests - self.requests_before
+        hook.log.info(
+            "Clio %s: page %d, %d records (%d so far), %d requests in %.1f s (%s)%s",
+            self.label,
+            self.number,
+            records,
+            self.records,
+            sent,
+            elapsed,
+            # A rate over less than a second is noise (the first page always looks "fast").
+            f"{sent / elapsed:.2f} req/s" if elapsed >= 1.0 else "rate after 1 s",
+            "" if next_url else ", last page",
+        )
+        return self.number
 
 
 def _label(endpoint: str) -> str:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_clio.hooks.clio import ClioHook
-    from airflow_provider_clio.rate_limit import RetrySettings
+    from airflow_provider_clio.retrying import RetrySettings
 
 __all__ = ["ClioBaseOperator", "clio_asset_uri"]
 

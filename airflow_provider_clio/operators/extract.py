@@ -38,6 +38,7 @@ from airflow_provider_clio.checkpoint import (
 )
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.extraction import Extraction, ExtractionPlan, ExtractionResult
+from airflow_provider_clio.fencing import attempt_of
 from airflow_provider_clio.fields import top_level_names
 from airflow_provider_clio.modes import SINCE_LAST_SUCCESS, effective_mode
 from airflow_provider_clio.operators.base import ClioBaseOperator
@@ -135,7 +136,9 @@ class ClioExtractOperator(ClioBaseOperator):
         hook = self.get_hook()
         key = plan.key(api=hook.base_url, target=str(destination), file_format=self.file_format)
         checkpointer = Checkpointer(
-            store_for_context(context, lambda: FileCheckpointStore(destination / CHECKPOINT_FILE)), key
+            store_for_context(context, lambda: FileCheckpointStore(destination / CHECKPOINT_FILE)),
+            key,
+            owner=attempt_of(context),
         )
         self.log.info(
             "Extracting %s (fields=%s, interval=%s) into %s",
@@ -149,6 +152,7 @@ class ClioExtractOperator(ClioBaseOperator):
         files = writer.files(state.token)
         # Again just before the commit: another run may have committed here while this one was extracting.
         replaced = self._check_owner(manifest_path, identity)
+        checkpointer.check()  # fence: a newer try of this task instance owns the destination now
         # The commit point: before this write readers see the previous run (or nothing), after it this run.
         write_json_atomic(manifest_path, self._manifest(context, plan, state, writer.schema, files))
         self.log.info("Committed %s: %d record(s) in %d file(s)", manifest_path, state.records, len(files))

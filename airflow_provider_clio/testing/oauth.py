@@ -10,9 +10,10 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from airflow_provider_clio.regions import REGIONS
 
@@ -222,6 +223,32 @@ class OAuthServer:
             code = "emu-code-" + secrets.token_urlsafe(16)
             self._codes[code] = _Code(client_id, redirect_uri, scopes, self._clock() + _CODE_TTL)
             return code
+
+    def authorize_redirect(self, params: Mapping[str, str]) -> str:
+        """Answer ``GET /oauth/authorize``: return where to redirect the browser (RFC 6749 §4.1.2).
+
+        The emulated user always consents, so the redirect carries a fresh ``code`` and the request's
+        ``state`` at once; a plain HTTP GET that follows it completes the flow (no browser needed). A request
+        that cannot get a code (another ``response_type``, scopes beyond the application's) redirects with
+        ``error``, ``error_description`` and ``state`` instead. An unknown client or a missing
+        ``redirect_uri`` raises :class:`OAuthError`: there is no URI to trust with an answer.
+        """
+        client_id, redirect_uri = params.get("client_id", ""), params.get("redirect_uri", "")
+        if self.app(client_id) is None:
+            raise OAuthError(400, "invalid_client", "unknown client_id")
+        if not redirect_uri:
+            raise OAuthError(400, "invalid_request", "redirect_uri is required")
+        answer: dict[str, str]
+        if params.get("response_type", "code") != "code":
+            answer = {"error": "unsupported_response_type", "error_description": "only 'code' is supported"}
+        else:
+            try:
+                answer = {"code": self.authorize(client_id, redirect_uri, params.get("scope"))}
+            except OAuthError as exc:
+                answer = exc.body()
+        if "state" in params:
+            answer["state"] = params["state"]
+        return redirect_uri + ("&" if urlsplit(redirect_uri).query else "?") + urlencode(answer)
 
     def token(self, form: dict[str, str]) -> dict[str, Any]:
         """Answer a token request (form already parsed); raise :class:`OAuthError` on failure."""

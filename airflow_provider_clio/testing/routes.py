@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from airflow_provider_clio.testing.data import RESOURCES, SCHEMAS, RecordStore
 from airflow_provider_clio.testing.faults import FaultInjector, Faults
@@ -241,16 +241,7 @@ class Router:
         return form
 
     def _authorize(self, request: Request) -> Response:
-        params = dict(request.pairs)
-        redirect_uri = params.get("redirect_uri", "")
-        code = self.oauth.authorize(params.get("client_id", ""), redirect_uri, params.get("scope"))
-        answer: dict[str, str] = {"code": code}
-        if params.get("response_type", "code") != "code":
-            answer = {"error": "unsupported_response_type"}
-        if "state" in params:
-            answer["state"] = params["state"]
-        sep = "&" if "?" in redirect_uri else "?"
-        return Response(302, b"", [("Location", redirect_uri + sep + urlencode(answer))])
+        return Response(302, b"", [("Location", self.oauth.authorize_redirect(dict(request.pairs)))])
 
     # -- admin ---------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from airflow_provider_clio.checkpoint import (
 )
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.extraction import Extraction
+from airflow_provider_clio.fencing import attempt_of
 from airflow_provider_clio.fields import top_level_names
 from airflow_provider_clio.modes import (
     FULL,
@@ -167,7 +168,8 @@ class ClioToSqlOperator(ClioBaseOperator):
         loaded_at, clear_column = self._prepare_columns(db_hook)
         hook = self.get_hook()
         key = plan.key(api=hook.base_url, target=f"{self.sql_conn_id}/{self.table}")
-        checkpointer = Checkpointer(store_for_context(context, lambda: _fallback_store(context)), key)
+        store = store_for_context(context, lambda: _fallback_store(context))
+        checkpointer = Checkpointer(store, key, owner=attempt_of(context))
         self.log.info(
             "Loading %s (fields=%s, interval=%s) into %s via %s",
             plan.endpoint,
@@ -181,6 +183,7 @@ class ClioToSqlOperator(ClioBaseOperator):
             if db_hook.supports_autocommit:
                 db_hook.set_autocommit(conn, False)
             sink = SqlSink(db_hook, conn, self.table, columns, self.create_table, loaded_at, clear_column)
+            sink.before_commit = checkpointer.check
             result = Extraction(
                 hook=hook, plan=plan, checkpointer=checkpointer, sink=sink, unit_size=self.batch_size
             ).run()

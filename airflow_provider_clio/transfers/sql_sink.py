@@ -8,7 +8,7 @@ reconcile's deleted column when the table has one (a record that is visible agai
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +131,8 @@ class SqlSink:
         self._rows: list[dict[str, Any]] = []
         self._ignored: set[str] = set()
         self.log = hook.log
+        self.before_commit: Callable[[], None] | None = None
+        """Called inside each batch's transaction right before ``COMMIT`` (the try-number fence)."""
 
     @property
     def pending(self) -> int:
@@ -221,6 +223,8 @@ class SqlSink:
         rows = [self._row(record) + system for record in self._rows]
         sql = self.upsert_sql()
         if sql is None:
+            if self.before_commit is not None:
+                self.before_commit()  # insert_rows commits on its own: check before it
             # Unknown dialect: the hook's own REPLACE/MERGE generation, one transaction for the batch.
             self.hook.insert_rows(
                 ".".join(self.table_parts),
@@ -234,6 +238,8 @@ class SqlSink:
             try:
                 with closing(self.conn.cursor()) as cur:
                     cur.executemany(sql, rows)
+                if self.before_commit is not None:
+                    self.before_commit()
                 self.conn.commit()
             except BaseException:
                 self.conn.rollback()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import stat
 import subprocess
 import sys
 import uuid
@@ -17,9 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from airflow_provider_clio.auth import VariableTokenStore
-from airflow_provider_clio.cli.commands import authorize_url, code_from
-from airflow_provider_clio.cli.definition import regions_argument, slots_argument
+from airflow_provider_clio.auth import TokenSet, VariableTokenStore
+from airflow_provider_clio.cli.definition import positive_number, regions_argument, slots_argument
 
 pytestmark = pytest.mark.integration
 
@@ -52,24 +53,113 @@ def airflow(
     )
 
 
+def start_airflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the ``airflow`` CLI with pipes (stdin is closed: no paste, only the redirect can answer)."""
+    return subprocess.Popen(
+        [AIRFLOW, *args],
+        env=subprocess_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_authorize_url(proc: subprocess.Popen) -> str:
+    """Return the authorize URL the running ``airflow clio auth`` prints (on stdout or stderr)."""
+    stream = proc.stdout if "--print-only" not in proc.args else proc.stderr
+    assert stream is not None
+    while True:
+        line = stream.readline()
+        assert line, "the command ended before printing the authorize URL"
+        proc.head = getattr(proc, "head", "") + line  # type: ignore[attr-defined]
+        if "/oauth/authorize?" in line:
+            return line.strip()
+
+
+def finish(proc: subprocess.Popen, paste: str | None = None) -> tuple[str, str]:
+    """Paste ``paste`` (if any), wait for the command, return its whole ``(stdout, stderr)``."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        if paste is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(paste)
+            proc.stdin.close()
+        # Read through the same buffered streams read_authorize_url used (communicate() would skip them).
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    head = getattr(proc, "head", "")
+    return (head + out, err) if "--print-only" not in proc.args else (out, head + err)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def emulator(clio_emulator_factory: Callable[..., Any]) -> Any:
     return clio_emulator_factory(rate_limit=1000)
 
 
+def _app(emulator: Any) -> str:
+    client_id = f"cli-app-{uuid.uuid4().hex[:6]}"
+    emulator.register_app(client_id=client_id, client_secret=CLIENT_SECRET, region="us")
+    return client_id
+
+
 def _connection(
     emulator: Any, *, refresh_token: bool = True, secret: str = CLIENT_SECRET
 ) -> tuple[str, dict]:
-    """Register a fresh app and return ``(conn_id, env)`` defining its connection."""
+    """Register a fresh app and return ``(conn_id, env)`` defining its connection in AIRFLOW_CONN_*."""
     conn_id = f"clio_cli_{uuid.uuid4().hex[:8]}"
-    client_id = f"cli-app-{uuid.uuid4().hex[:6]}"
-    emulator.register_app(client_id=client_id, client_secret=CLIENT_SECRET, region="us")
+    client_id = _app(emulator)
     env_name, conn_json = emulator.connection_env(conn_id=conn_id, client_id=client_id)
     conn = json.loads(conn_json)
     conn["password"] = secret
     if not refresh_token:
         conn["extra"].pop("refresh_token")
     return conn_id, {env_name: json.dumps(conn), "_CLIO_CLIENT_ID": client_id}
+
+
+def _db_connection(
+    emulator: Any, *, refresh_token: bool = True, secret: str = CLIENT_SECRET, **extra: Any
+) -> tuple[str, str, dict[str, Any]]:
+    """
+    Register a fresh app and store its connection in the metadata database, as `airflow connections add`
+    and the UI do; return ``(conn_id, client_id, extra)``.
+    """
+    from airflow.models import Connection
+    from airflow.utils.session import create_session
+
+    conn_id = f"clio_db_{uuid.uuid4().hex[:8]}"
+    client_id = _app(emulator)
+    conn = emulator.connection(client_id=client_id, **extra)
+    if not refresh_token:
+        conn["extra"].pop("refresh_token")
+    with create_session() as session:
+        session.add(
+            Connection(
+                conn_id=conn_id,
+                conn_type="clio",
+                host=conn["host"],
+                login=client_id,
+                password=secret,
+                extra=json.dumps(conn["extra"]),
+            )
+        )
+    return conn_id, client_id, conn["extra"]
+
+
+def _create_pool(name: str, slots: int) -> None:
+    from airflow.models import Pool
+
+    Pool.create_or_update_pool(name, slots, description="cli tests", include_deferred=True)
 
 
 def _code(emulator: Any, client_id: str, state: str = "s") -> str:
@@ -87,7 +177,7 @@ def _code(emulator: Any, client_id: str, state: str = "s") -> str:
     return parse_qs(urlsplit(location).query)["code"][0]
 
 
-def _assert_no_secrets(result: subprocess.CompletedProcess, secrets: list[str]) -> None:
+def _assert_no_secrets(result: Any, secrets: list[str]) -> None:
     for secret in secrets:
         assert secret not in result.stdout
         assert secret not in result.stderr
@@ -140,33 +230,10 @@ def test_region_and_slots_arguments():
     for bad in ("0", "-1", "three"):
         with pytest.raises(argparse.ArgumentTypeError):
             slots_argument(bad)
-
-
-def test_authorize_url_and_code_parsing():
-    url = authorize_url(
-        "https://auth.api.clio.com/oauth/authorize",
-        client_id="app",
-        redirect_uri=REDIRECT_URI,
-        state="st",
-        scope="grow_contact_read,grow_matter_read",
-    )
-    query = parse_qs(urlsplit(url).query)
-    assert query == {
-        "response_type": ["code"],
-        "client_id": ["app"],
-        "redirect_uri": [REDIRECT_URI],
-        "state": ["st"],
-        "scope": ["grow_contact_read grow_matter_read"],
-    }
-    assert code_from("  abc123\n", state="st") == "abc123"
-    assert code_from(f"{REDIRECT_URI}?code=abc123&state=st", state="st") == "abc123"
-    assert code_from("code=abc123", state=None) == "abc123"
-    with pytest.raises(SystemExit, match="state mismatch"):
-        code_from(f"{REDIRECT_URI}?code=abc123&state=other", state="st")
-    with pytest.raises(SystemExit, match="access_denied"):
-        code_from(f"{REDIRECT_URI}?error=access_denied&state=st", state="st")
-    with pytest.raises(SystemExit, match="no authorization code"):
-        code_from("\n", state="st")
+    assert positive_number("4.5") == 4.5
+    for bad in ("0", "-3", "nan", "inf", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_number(bad)
 
 
 # -- pools --------------------------------------------------------------------------------------------------
@@ -206,29 +273,100 @@ def test_pools_rejects_bad_arguments(airflow_db):
     assert result.returncode == 2
 
 
+def test_pools_sizes_the_connections_pool_from_the_limit_and_requests_per_slot(airflow_db, emulator):
+    # Issue 8 finding 6: 3 slots at requests_per_slot 1.5 sent 4.5 req/s; the pool must get floor(3 / 1.5).
+    pool = f"clio_sized_{uuid.uuid4().hex[:6]}"
+    conn_id, _, _ = _db_connection(emulator, requests_per_slot=1.5, pool=pool)
+    result = airflow("clio", "pools", "--conn-id", conn_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Pool {pool} created: 2 slots, include_deferred=True (limit 3 req/s / 1.5 req/s per slot)" in (
+        result.stdout
+    )
+    assert _pool(pool) == (2, True)
+    assert _pool("clio_us") == (3, True)  # only the connection's pool
+
+    result = airflow("clio", "pools", "--conn-id", conn_id, "--limit", "1")
+    assert result.returncode == 1
+    assert "requests_per_slot 1.5 exceeds the limit of 1 req/s" in result.stderr
+
+
 # -- check ------------------------------------------------------------------------------------------
 
 
-def test_check_reports_ok_pool_and_rate_against_the_emulator(airflow_db, emulator):
-    assert airflow("clio", "pools", "--region", "us").returncode == 0
-    conn_id, env = _connection(emulator)
-    result = airflow("clio", "check", "--conn-id", conn_id, env=env)
+def test_check_finds_a_connection_stored_in_the_database(airflow_db, emulator):
+    # Where `airflow connections add` and the UI put it: a plain CLI process's Task SDK lookup misses it.
+    pool = f"clio_check_{uuid.uuid4().hex[:6]}"
+    _create_pool(pool, 3)
+    conn_id, client_id, extra = _db_connection(emulator, pool=pool)
+    result = airflow("clio", "check", "--conn-id", conn_id)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK: Connected to Clio (us)" in result.stdout
-    assert "Pool: clio_us (3 slots, deferred tasks keep their slot)." in result.stdout
+    assert f"OK: Connected to Clio (us) at {emulator.url} as application {client_id}" in result.stdout
+    assert f"OK: Token store: 'clio_oauth_tokens__{conn_id}' reads back what was written." in result.stdout
+    assert (
+        f"OK: Pool: {pool} (3 slots x 1 req/s per slot = 3 req/s within the limit of 3 req/s; "
+        "deferred tasks keep their slot)." in result.stdout
+    )
     assert "Rate: 1 req/s per pool slot" in result.stdout
     stored = VariableTokenStore().load(conn_id)  # the check refreshed and rotated: the store has the pair
     assert stored is not None
-    refresh = json_extra(env, conn_id)["refresh_token"]
-    _assert_no_secrets(result, [CLIENT_SECRET, refresh, stored.refresh_token, stored.access_token or ""])
+    _assert_no_secrets(result, [CLIENT_SECRET, extra["refresh_token"], stored.refresh_token])
+    _assert_no_secrets(result, [stored.access_token or "-"])
+
+
+def test_airflows_own_connection_test_works_on_a_stored_connection(airflow_db, emulator):
+    # docs/troubleshooting.md's workaround for the UI's Test button answering "Bad Request" on 3.3.2.
+    conn_id, _, extra = _db_connection(emulator)
+    result = airflow("connections", "test", conn_id, env={"AIRFLOW__CORE__TEST_CONNECTION": "Enabled"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Connection success!" in result.stdout
+    _assert_no_secrets(result, [CLIENT_SECRET, extra["refresh_token"]])
+
+
+def test_check_fails_when_the_pool_exceeds_the_limit(airflow_db, emulator):
+    pool = f"clio_over_{uuid.uuid4().hex[:6]}"
+    _create_pool(pool, 3)
+    conn_id, _, _ = _db_connection(emulator, pool=pool, requests_per_slot=1.5)
+    result = airflow("clio", "check", "--conn-id", conn_id)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "OK: Connected to Clio" in result.stdout
+    assert (
+        f"FAILED: Pool: {pool}: 3 slots x 1.5 req/s per slot = 4.5 req/s exceeds the limit of 3 req/s "
+        f"(expect 429s). Run `airflow clio pools --conn-id {conn_id}` (sets 2 slots)" in result.stdout
+    )
+    # A higher limit (Clio raised the application's) makes the same pool fit.
+    result = airflow("clio", "check", "--conn-id", conn_id, "--limit", "4.5")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_catches_a_secrets_backend_shadowing_the_token_variable(airflow_db, emulator, tmp_path):
+    pool = f"clio_shadow_{uuid.uuid4().hex[:6]}"
+    _create_pool(pool, 3)
+    conn_id, client_id, _ = _db_connection(emulator, pool=pool)
+    # A copy of a token pair kept in a secrets backend under the token Variable's key: every read gets it.
+    refresh = emulator.issue_refresh_token(client_id)
+    access, expires_at = emulator.issue_access_token(client_id)
+    stale = TokenSet(access_token=access, refresh_token=refresh, expires_at=expires_at)
+    variables = tmp_path / "variables.json"
+    variables.write_text(json.dumps({f"clio_oauth_tokens__{conn_id}": stale.to_json()}))
+    backend = {
+        "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"variables_file_path": str(variables)}),
+    }
+    result = airflow("clio", "check", "--conn-id", conn_id, env=backend)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "OK: Connected to Clio" in result.stdout
+    assert "FAILED: Token store: reading the Variable" in result.stdout
+    assert "a secrets backend probably holds the same key" in result.stdout
+    _assert_no_secrets(result, [refresh, access])
 
 
 def test_check_fails_with_a_nonzero_exit_and_no_secret(airflow_db, emulator):
-    conn_id, env = _connection(emulator, secret="wrong-client-secret-7731")
-    result = airflow("clio", "check", "--conn-id", conn_id, env=env)
+    conn_id, _, extra = _db_connection(emulator, secret="wrong-client-secret-7731", pool="clio_nowhere")
+    result = airflow("clio", "check", "--conn-id", conn_id)
     assert result.returncode == 1
     assert "FAILED: ClioAuthError" in result.stdout
-    _assert_no_secrets(result, ["wrong-client-secret-7731", json_extra(env, conn_id)["refresh_token"]])
+    assert "FAILED: Pool: clio_nowhere does not exist; run `airflow clio pools --conn-id" in result.stdout
+    _assert_no_secrets(result, ["wrong-client-secret-7731", extra["refresh_token"]])
 
 
 def test_check_explains_a_broken_connection(airflow_db):
@@ -241,28 +379,21 @@ def test_check_explains_a_broken_connection(airflow_db):
 def test_check_names_a_missing_connection(airflow_db):
     result = airflow("clio", "check", "--conn-id", "clio_missing")
     assert result.returncode == 1
-    assert "connection 'clio_missing' is not defined" in result.stderr
+    assert "connection 'clio_missing' is not defined (looked in the metadata database" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def json_extra(env: dict[str, str], conn_id: str) -> dict[str, Any]:
-    return json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"])["extra"]
 
 
 # -- auth -------------------------------------------------------------------------------------------
 
 
 def test_auth_exchanges_a_code_and_stores_the_tokens(airflow_db, emulator):
-    conn_id, env = _connection(emulator, refresh_token=False)
-    code = _code(emulator, env["_CLIO_CLIENT_ID"])
+    conn_id, client_id, _ = _db_connection(emulator, refresh_token=False)
+    code = _code(emulator, client_id)
 
-    result = airflow("clio", "auth", "--conn-id", conn_id, "--code", code, env=env)
+    result = airflow("clio", "auth", "--conn-id", conn_id, "--code", code)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (
-        f"{emulator.url}/oauth/authorize?response_type=code&client_id={env['_CLIO_CLIENT_ID']}"
-        in result.stdout
-    )
+    assert f"{emulator.url}/oauth/authorize?response_type=code&client_id={client_id}" in result.stdout
     assert f"Airflow Variable 'clio_oauth_tokens__{conn_id}'" in result.stdout
     stored = VariableTokenStore().load(conn_id)
     assert stored is not None
@@ -274,7 +405,7 @@ def test_auth_exchanges_a_code_and_stores_the_tokens(airflow_db, emulator):
     _assert_no_secrets(result, [CLIENT_SECRET, stored.access_token, stored.refresh_token])
 
     # A code works once; the second exchange fails with the reason and without echoing the code.
-    again = airflow("clio", "auth", "--conn-id", conn_id, "--code", code, env=env)
+    again = airflow("clio", "auth", "--conn-id", conn_id, "--code", code)
     assert again.returncode == 1
     assert "authorize again and paste the new code" in again.stderr
     assert VariableTokenStore().load(conn_id) == stored
@@ -282,32 +413,81 @@ def test_auth_exchanges_a_code_and_stores_the_tokens(airflow_db, emulator):
 
 
 def test_auth_reads_the_redirect_url_from_stdin_and_checks_its_state(airflow_db, emulator):
-    conn_id, env = _connection(emulator, refresh_token=False)
+    conn_id, env = _connection(emulator, refresh_token=False)  # an AIRFLOW_CONN_* connection still works
     proc = subprocess.Popen(
-        [AIRFLOW, "clio", "auth", "--conn-id", conn_id, "--redirect-uri", REDIRECT_URI],
+        [AIRFLOW, "clio", "auth", "--conn-id", conn_id, "--redirect-uri", REDIRECT_URI, "--no-listen"],
         env=subprocess_env(env),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdin is not None
-        url = ""
-        while not url:
-            line = proc.stdout.readline()
-            assert line, "the command ended before printing the authorize URL"
-            if "/oauth/authorize?" in line:
-                url = line.strip()
-        # Play the person: open the URL (the emulator approves at once) and paste where it redirected.
-        location = requests.get(url, allow_redirects=False, timeout=30).headers["Location"]
-        assert location.startswith(REDIRECT_URI)
-        out, err = proc.communicate(location + "\n", timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    url = read_authorize_url(proc)
+    # Play the person: open the URL (the emulator approves at once) and paste where it redirected.
+    location = requests.get(url, allow_redirects=False, timeout=30).headers["Location"]
+    assert location.startswith(REDIRECT_URI)
+    out, err = finish(proc, location + "\n")
     assert proc.returncode == 0, out + err
     assert "Paste the code" in err
     assert "Stored the OAuth tokens" in out
     assert VariableTokenStore().load(conn_id) is not None
+
+
+def test_auth_receives_the_code_on_the_loopback_redirect_uri(airflow_db, emulator):
+    conn_id, _, _ = _db_connection(emulator, refresh_token=False)
+    redirect_uri = f"http://127.0.0.1:{free_port()}/callback"
+    proc = start_airflow("clio", "auth", "--conn-id", conn_id, "--redirect-uri", redirect_uri)
+    # Play the browser: open the URL; the emulator approves and redirects to the listening command.
+    page = requests.get(read_authorize_url(proc), timeout=30)
+    out, err = finish(proc)
+    assert page.status_code == 200
+    assert page.url.startswith(redirect_uri)
+    assert "Authorization received" in page.text
+    assert proc.returncode == 0, out + err
+    assert f"Clio then redirects to {redirect_uri}, where this command is listening." in out
+    stored = VariableTokenStore().load(conn_id)
+    assert stored is not None
+    _assert_no_secrets(subprocess.CompletedProcess([], 0, out, err), [stored.refresh_token, CLIENT_SECRET])
+
+
+def test_auth_print_only_hands_the_pair_over_on_stdout_and_stores_nothing(airflow_db, emulator):
+    conn_id, _, extra = _db_connection(emulator, requests_per_slot=0.5)
+    redirect_uri = f"http://127.0.0.1:{free_port()}/callback"
+    proc = start_airflow("clio", "auth", "--conn-id", conn_id, "--redirect-uri", redirect_uri, "--print-only")
+    requests.get(read_authorize_url(proc), timeout=30)
+    out, err = finish(proc)
+    assert proc.returncode == 0, out + err
+    document = json.loads(out)  # stdout holds the JSON and nothing else
+    handed = document["connection_extra"]
+    assert handed["region"] == "us"
+    assert handed["requests_per_slot"] == 0.5
+    assert handed["refresh_token"] != extra["refresh_token"]
+    assert TokenSet.from_json(document["token_variable"]["value"]).refresh_token == handed["refresh_token"]
+    assert document["token_variable"]["key"] == f"clio_oauth_tokens__{conn_id}"
+    api = requests.get(
+        f"{emulator.url}/grow/users",
+        headers={"Authorization": f"Bearer {handed['access_token']}"},
+        timeout=30,
+    )
+    assert api.status_code == 200
+    assert "Hand the new token pair" in err
+    assert handed["refresh_token"] not in err
+    assert VariableTokenStore().load(conn_id) is None  # nothing written to this machine's Airflow
+
+
+def test_auth_token_file_is_private_and_keeps_the_tokens_off_the_terminal(airflow_db, emulator, tmp_path):
+    conn_id, client_id, _ = _db_connection(emulator, refresh_token=False)
+    path = tmp_path / "handover.json"
+    code = _code(emulator, client_id)
+    result = airflow("clio", "auth", "--conn-id", conn_id, "--code", code, "--token-file", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    document = json.loads(path.read_text())
+    handed = document["connection_extra"]
+    assert f"the file {path}, mode 0600" in result.stdout
+    _assert_no_secrets(result, [handed["refresh_token"], handed["access_token"], CLIENT_SECRET])
+    assert VariableTokenStore().load(conn_id) is None
+
+    both = airflow("clio", "auth", "--conn-id", conn_id, "--print-only", "--token-file", str(path))
+    assert both.returncode == 1
+    assert "--print-only and --token-file exclude each other" in both.stderr

@@ -25,7 +25,7 @@ from airflow_provider_clio.auth import MemoryTokenStore
 from airflow_provider_clio.exceptions import ClioConfigError, ClioTransientError
 from airflow_provider_clio.operators.extract import ClioExtractOperator, read_extract
 from airflow_provider_clio.operators.retry_policy import ClioRetryPolicy
-from airflow_provider_clio.rate_limit import RetrySettings
+from airflow_provider_clio.retrying import RetrySettings
 from airflow_provider_clio.testing import ClioEmulator
 
 UTC = datetime.timezone.utc

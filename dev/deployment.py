@@ -11,7 +11,7 @@ left behind. It never imports Airflow itself, so the calling process keeps its o
 
 .. code-block:: python
 
-    from airflow_provider_clio.testing.deployment import AirflowDeployment
+    from dev.deployment import AirflowDeployment
 
     conn = dict([emu.connection_env("clio_default")])
     with AirflowDeployment(home=tmp / "airflow", dags=Path("dags"), env_extra=conn) as af:
@@ -301,7 +301,8 @@ class AirflowDeployment:
             "db": str(self.db),
         }
         process = subprocess.Popen(
-            [sys.executable, "-m", __name__, json.dumps(spec)],
+            # By path, not ``-m``: the repository root (holding ``dev``) is not on the helper's sys.path.
+            [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
             env=self.env,
             cwd=self.home,
             stdout=subprocess.PIPE,

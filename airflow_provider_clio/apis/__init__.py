@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What differs between Clio's APIs, as data: one :class:`ApiSpec` per API, picked by the ``api`` extra.
+
+Clio runs more than one API (the Platform API today, Manage v4 next) behind the same OAuth applications and
+regions. They differ in hosts, in whether refresh tokens rotate, in the shape of error bodies and in how
+their rate limit is announced and counted. The hook, the token manager and the operators read those rules
+from the spec of the connection's API and never name an API themselves, so supporting another API means
+describing it in one module (see :mod:`airflow_provider_clio.apis.platform`) and registering it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from airflow_provider_clio.exceptions import ClioConfigError
+
+if TYPE_CHECKING:
+    from airflow_provider_clio.rate_limit import Pacer, PacerRequest
+
+DEFAULT_API = "platform"
+"""The API a connection without an ``api`` extra talks to."""
+
+API_NAMES: tuple[str, ...] = ("platform",)
+"""The APIs this package describes itself; :func:`api_names` also lists those registered at run time."""
+
+
+@dataclass(frozen=True, repr=False, eq=False)  # one object per API: compared and hashed by identity
+class ApiSpec:
+    """
+    The rules of one Clio API that the request path depends on.
+
+    :param name: The value of the connection's ``api`` extra that selects this API, e.g. ``platform``.
+    :param api_hosts: Region -> API host (https, port 443). Its keys are the regions the API serves.
+    :param auth_hosts: Region -> OAuth host (``/oauth/token`` and ``/oauth/authorize`` live there).
+    :param base_path: Path under the API host that endpoints are relative to: ``""`` for the Platform API
+        (endpoints carry ``grow/...``), ``"api/v4"`` for Manage.
+    :param rotates_refresh_token: Every refresh answers a new refresh token and revokes the old one.
+        ``False`` means a token response may omit ``refresh_token`` and the old one stays valid.
+    :param parse_error: Error body -> ``(error_code, message)``; neither scrubbed nor truncated.
+    :param make_pacer: Build (or share) the in-process pacer of one application, region and rate.
+    :param token_domains: Domains whose every https host on port 443 may receive the bearer token besides
+        the API host itself (Clio: ``clio.com``, where its ``next`` links may point).
+    :param pool_prefix: Default Airflow pool of a region: ``f"{pool_prefix}{region}"``.
+    :param probe_endpoint: A cheap authenticated list endpoint for connection tests.
+    """
+
+    name: str
+    api_hosts: Mapping[str, str]
+    auth_hosts: Mapping[str, str]
+    base_path: str
+    rotates_refresh_token: bool
+    parse_error: Callable[[bytes | str | None], tuple[str | None, str]]
+    make_pacer: Callable[[PacerRequest], Pacer]
+    token_domains: tuple[str, ...] = ()
+    pool_prefix: str = "clio_"
+    probe_endpoint: str = "grow/users"
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name != self.name.strip().lower():
+            raise ClioConfigError(f"API name must be a non-empty lower-case word, got {self.name!r}")
+        if not self.api_hosts or set(self.api_hosts) != set(self.auth_hosts):
+            raise ClioConfigError(f"API {self.name!r}: api_hosts and auth_hosts must name the same regions")
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The regions this API serves, in declaration order."""
+        return tuple(self.api_hosts)
+
+    def token_hosts(self, region: str) -> frozenset[str]:
+        """
+        Return the hosts a request of ``region`` may carry the bearer token to (https, port 443).
+
+        An entry with a leading dot stands for every subdomain of that domain, as in a cookie's domain.
+        """
+        return frozenset(
+            {self.api_hosts[region], *self.token_domains, *(f".{d}" for d in self.token_domains)}
+        )
+
+    def __repr__(self) -> str:
+        return f"ApiSpec(name={self.name!r})"
+
+
+_LOCK = threading.Lock()
+_REGISTRY: dict[str, ApiSpec] = {}
+
+
+def register_api(spec: ApiSpec, *, replace: bool = False) -> ApiSpec:
+    """
+    Make ``spec`` selectable with the connection extra ``api = spec.name``; return it.
+
+    :param replace: Replace a spec already registered under that name (tests); otherwise that is an error.
+    """
+    with _LOCK:
+        known = _REGISTRY.get(spec.name)
+        if known is not None and known is not spec and not replace:
+            raise ClioConfigError(f"an API named {spec.name!r} is already registered")
+        _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_api(name: str) -> None:
+    """Forget the API registered as ``name`` (tests); the built-in APIs come back on the next lookup."""
+    with _LOCK:
+        _REGISTRY.pop(name, None)
+
+
+def get_api(name: str | None = None) -> ApiSpec:
+    """Return the spec registered as ``name`` (default ``platform``); ClioConfigError names the choices."""
+    _load_builtins()
+    key = DEFAULT_API if name is None else name
+    with _LOCK:
+        spec = _REGISTRY.get(key)
+    if spec is None:
+        raise ClioConfigError(f"unknown Clio API {name!r}; choose one of {', '.join(api_names())}")
+    return spec
+
+
+def api_names() -> tuple[str, ...]:
+    """Return the names of every selectable API, built-in ones first."""
+    _load_builtins()
+    with _LOCK:
+        return tuple(sorted(_REGISTRY, key=lambda n: (n not in API_NAMES, n)))
+
+
+def _load_builtins() -> None:
+    # Imported on first use, not at the top: the built-in modules import ApiSpec from here.
+    from airflow_provider_clio.apis import platform
+
+    with _LOCK:
+        _REGISTRY.setdefault(platform.PLATFORM.name, platform.PLATFORM)
+
+
+__all__ = ["API_NAMES", "DEFAULT_API", "ApiSpec", "api_names", "get_api", "register_api", "unregister_api"]
