@@ -59,6 +59,7 @@ emulator: $(VENV)/.installed
 dist: $(VENV)/.installed
 	rm -rf dist
 	$(PY) -m build --outdir dist .
+	rm -rf *.egg-info  # the sdist step's metadata: a stale second distribution on the tests' sys.path
 	$(VENV)/bin/twine check --strict dist/*
 
 # Regenerate constraints.txt from a clean install (needs PyPI).

@@ -1,5 +1,24 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Apache Airflow provider for Clio: rate-limit-safe extraction into files and SQL warehouses."""
+"""
+Apache Airflow provider for Clio: rate-limit-safe extraction into files and SQL warehouses.
+
+Public modules (stable names; import from these):
+
+- :mod:`airflow_provider_clio.hooks.clio` -- ``ClioHook``
+- :mod:`airflow_provider_clio.operators.extract` -- ``ClioExtractOperator``, ``read_extract``
+- :mod:`airflow_provider_clio.operators.retry_policy` -- ``ClioRetryPolicy``
+- :mod:`airflow_provider_clio.transfers.clio_to_sql` -- ``ClioToSqlOperator``
+- :mod:`airflow_provider_clio.sensors.clio` -- ``ClioRecordsSensor``
+- :mod:`airflow_provider_clio.triggers.clio` -- ``ClioRecordsTrigger``
+- :mod:`airflow_provider_clio.exceptions` -- the typed errors
+- :mod:`airflow_provider_clio.auth` -- the token stores a hook may be given
+- :mod:`airflow_provider_clio.warehouse` -- the staged ``MERGE`` loader of committed extracts
+- :mod:`airflow_provider_clio.testing` -- the Clio API emulator and its pytest plugin
+
+Every other module (``apis``, ``connection``, ``urls``, ``responses``, ``retrying``, ``rate_limit``,
+``pools``, ``pagination``, ``extraction``, ``checkpoint``, ``storage``, ...) is internal: its names may
+change in any release. docs/architecture.md maps what each holds.
+"""
 
 from __future__ import annotations
 

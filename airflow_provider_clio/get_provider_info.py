@@ -8,6 +8,16 @@ from typing import Any
 from airflow_provider_clio import __version__
 from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
+__all__ = ["REGION_LABELS", "get_provider_info"]
+
+REGION_LABELS: dict[str, str] = {
+    "us": "United States (us)",
+    "ca": "Canada (ca)",
+    "eu": "Europe (eu)",
+    "au": "Australia (au)",
+}
+"""What the connection form's region select shows for each region code (the code is what is saved)."""
+
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider description Airflow validates against ``provider_info.schema.json``."""
@@ -64,13 +74,21 @@ def get_provider_info() -> dict[str, Any]:
                             "Clio instance the application is registered in. Picks the API and OAuth "
                             "hosts and the Airflow pool clio_<region>."
                         ),
-                        "schema": {"type": "string", "enum": list(REGIONS), "default": DEFAULT_REGION},
+                        # values_display is how Airflow 3's form (the DAG-params FlexibleForm) labels enum
+                        # choices; provider.yaml's schema allows extra keys inside "schema".
+                        "schema": {
+                            "type": "string",
+                            "enum": list(REGIONS),
+                            "values_display": {code: REGION_LABELS[code] for code in REGIONS},
+                            "default": DEFAULT_REGION,
+                        },
                     },
                     "refresh_token": {
                         "label": "Refresh token",
                         "description": (
-                            "OAuth refresh token from `airflow clio auth`. It rotates on every use; the "
-                            "hook stores the newest one in an Airflow Variable."
+                            # The form shows descriptions as plain text: no Markdown backticks.
+                            "OAuth refresh token from the command airflow clio auth. It rotates on every "
+                            "use; the hook stores the newest one in an Airflow Variable."
                         ),
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
@@ -81,7 +99,10 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "pool": {
                         "label": "Pool name",
-                        "description": "Airflow pool for this connection's tasks (default clio_<region>).",
+                        # The form saves an empty field as "pool": null; the hook reads null as the default.
+                        "description": (
+                            "Airflow pool for this connection's tasks. Leave empty for clio_<region>."
+                        ),
                         "schema": {"type": ["string", "null"]},
                     },
                 },

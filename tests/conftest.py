@@ -54,7 +54,7 @@ def in_ci() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The time budget: a laptop's `make test` stays fast; CI and an explicit CLIO_RUN_SLOW=1 run everything.
-    if in_ci() or os.environ.get(RUN_SLOW_ENV, "") == "1":
+    if in_ci() or os.environ.get(RUN_SLOW_ENV, "").lower() in ("1", "true", "yes"):
         return
     for item in items:
         groups = [name for name in REAL_PROCESS_GROUPS if item.get_closest_marker(name) is not None]

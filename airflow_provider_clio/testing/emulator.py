@@ -25,6 +25,12 @@ from typing import Any
 from airflow_provider_clio.testing.data import RESOURCES, RecordStore
 from airflow_provider_clio.testing.faults import FaultInjector, Faults
 from airflow_provider_clio.testing.limiter import SlidingWindowLimiter
+from airflow_provider_clio.testing.manage.mode import ManageEmulatorMixin, ManageMode
+from airflow_provider_clio.testing.manage.settings import (
+    ManageSettings,
+    add_manage_arguments,
+    manage_settings_from_args,
+)
 from airflow_provider_clio.testing.oauth import DEFAULT_SECRET, REGIONS, EmulatorApp, OAuthServer
 from airflow_provider_clio.testing.recorder import RequestLog, RequestRecord
 from airflow_provider_clio.testing.routes import Router
@@ -33,7 +39,7 @@ from airflow_provider_clio.testing.server import EmulatorHTTPServer
 __all__ = ["ClioEmulator", "main"]
 
 
-class ClioEmulator:
+class ClioEmulator(ManageEmulatorMixin):
     """A real HTTP server behaving like Clio's Platform API, for tests and demos.
 
     Apps ``clio-emulator-{us,ca,eu,au}`` (secret ``emulator-secret``) are registered from the start.
@@ -52,6 +58,7 @@ class ClioEmulator:
     :param faults: initial fault knobs.
     :param updated_since_inclusive: ``updated_since`` keeps records stamped exactly on it (Platform spec);
         ``False``: only later ones (Manage spec).
+    :param manage: the Manage API v4 mode's knobs (settings or a mapping of their names; see ``manage_*``).
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class ClioEmulator:
         access_token_ttl: float = 86400,
         faults: Faults | None = None,
         updated_since_inclusive: bool = True,
+        manage: ManageSettings | Mapping[str, Any] | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
@@ -73,6 +81,8 @@ class ClioEmulator:
         self._faults = FaultInjector(faults)
         self._log = RequestLog()
         self._router = Router(self._store, self._oauth, self._limiter, self._faults, self._log, page_size)
+        self._manage = ManageMode(ManageSettings.coerce(manage), seed, self._faults)
+        self._router.manage = self._manage.route
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
         for region in REGIONS:
@@ -155,7 +165,7 @@ class ClioEmulator:
 
         For tests that check no token leaks into logs or output files.
         """
-        return self._oauth.issued_tokens(client_id)
+        return self._oauth.issued_tokens(client_id) | self._manage.oauth.issued_tokens(client_id)
 
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far answer 401."""
@@ -167,6 +177,8 @@ class ClioEmulator:
         ``client_id`` defaults to ``clio-emulator-{region}``; an unknown one is registered in ``region``
         with secret ``emulator-secret``. The extra's region is always the app's.
         """
+        if extra.get("api") == "manage":
+            return self.manage_connection(client_id, region, **extra)
         client_id = client_id or f"clio-emulator-{region}"
         app = self._oauth.app(client_id) or self.register_app(client_id, DEFAULT_SECRET, region)
         return {
@@ -320,6 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--slow-seconds", type=float, default=0.0)
     f.add_argument("--truncate-rate", type=float, default=0.0)
     f.add_argument("--retry-after", type=float, default=None)
+    add_manage_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
     return p
 
@@ -348,8 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             page_size=args.page_size,
             access_token_ttl=args.access_token_ttl,
             faults=faults,
+            manage=manage_settings_from_args(args),
         )
-    except ValueError as exc:
+        for client_id, secret, region in map(_parse_app, args.manage_app):
+            emu.manage_app(client_id, secret, region)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for client_id, secret, region in args.app:
@@ -371,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         for app in emu.apps()
     }
-    print(json.dumps({"url": emu.url, "apps": apps}), flush=True)
+    print(json.dumps({"url": emu.url, "apps": apps, "manage_apps": emu.manage_apps()}), flush=True)
     try:
         # A timed wait lets the signal handler run promptly in the main thread.
         while not stop.wait(0.2):

@@ -30,6 +30,8 @@ class RequestRecord:
     :param resource: API resource (``contacts`` ...), None for other paths.
     :param page_token: the ``page_token`` parameter, if any.
     :param fault: injected fault (``outage``, ``error``, ``drop``, ``slow``, ``truncate``) or None.
+    :param api: ``"platform"`` (``/grow``), ``"manage"`` (``/api/v4`` and Manage apps' OAuth) or None.
+    :param token_id: Manage: a digest of the access token (its rate-limit key), never the token itself.
     """
 
     t: float
@@ -43,6 +45,8 @@ class RequestRecord:
     resource: str | None = None
     page_token: str | None = None
     fault: str | None = None
+    api: str | None = None
+    token_id: str | None = None
 
     @property
     def is_api(self) -> bool:

@@ -82,9 +82,14 @@ class Router:
         self.log = log
         self.page_size = page_size
 
+    # Set by ClioEmulator: answers Manage v4 requests (None lets this router answer).
+    manage: Callable[[Request, str], Response | None] | None = None
+
     def __call__(self, request: Request) -> Response:
         """Answer one request."""
         path = request.path.rstrip("/") or "/"
+        if self.manage is not None and (answer := self.manage(request, path)) is not None:
+            return answer
         if path == "/grow" or path.startswith("/grow/"):
             return self._api(request, path)
         if path.startswith("/oauth/"):
@@ -120,7 +125,7 @@ class Router:
             response.slow_seconds = decision.slow_seconds
             response.truncate = decision.truncate
         # Faulted requests are attributed too (when their token is valid): the client did send them.
-        response.fault = decision.kind
+        response.fault, response.api = decision.kind, "platform"
         response.resource = resource
         response.page_token = next((v for k, v in request.pairs if k == "page_token"), None)
         if app is not None:

@@ -65,6 +65,8 @@ class Response:
     :param resource: recorded API resource.
     :param page_token: recorded page token.
     :param fault: recorded fault kind.
+    :param api: recorded API (``"platform"``, ``"manage"``), None for other paths.
+    :param token_id: recorded access-token id (a digest, never the token).
     """
 
     status: int
@@ -78,6 +80,8 @@ class Response:
     resource: str | None = None
     page_token: str | None = None
     fault: str | None = None
+    api: str | None = None
+    token_id: str | None = None
 
 
 def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -167,6 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
                 resource=response.resource,
                 page_token=response.page_token,
                 fault=response.fault,
+                api=response.api,
+                token_id=response.token_id,
             )
         )
         # Recorded before answering: a client that got its answer always finds its request in the log.

@@ -11,6 +11,7 @@ new virtualenv, and runs ``airflow providers list`` and ``airflow clio --help`` 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -26,6 +27,8 @@ pytestmark = [pytest.mark.packaging, pytest.mark.slow, pytest.mark.timeout(1200)
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT = 900
 CLI_TIMEOUT = 180
+SCRATCH = (".git", ".venv", ".demo", "dist", "build", "*.egg-info", "__pycache__", ".*_cache", "node_modules")
+"""Local state never part of a clone: left out of the source copy the distributions are built from."""
 
 
 def _run(command: Sequence[str | Path], timeout: float, env: dict[str, str] | None = None) -> str:
@@ -40,8 +43,12 @@ def _run(command: Sequence[str | Path], timeout: float, env: dict[str, str] | No
 def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Build the sdist and the wheel; return them by kind (``sdist``, ``wheel``)."""
     out = tmp_path_factory.mktemp("dist")
+    # From a copy: setuptools writes *.egg-info into the source tree, and one in the repository root would be
+    # a second, possibly stale, airflow-provider-clio distribution on the tests' sys.path.
+    source = tmp_path_factory.mktemp("source") / "airflow-provider-clio"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*SCRATCH))
     # --no-isolation: this venv's setuptools builds, so the test needs no index for the build backend.
-    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, REPO], timeout=300)
+    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, source], timeout=300)
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
     return {"sdist": sdist, "wheel": wheel}

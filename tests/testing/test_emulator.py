@@ -438,6 +438,8 @@ class TestDataAndRecording:
                 "resource": None,
                 "page_token": None,
                 "fault": None,
+                "api": None,
+                "token_id": None,
             }
         ]
         assert admin.post(f"{emu.url}/_emulator/touch", json={"resource": "users"}).status_code == 400

@@ -58,7 +58,7 @@ def refresh(url: str, app: str, info: dict[str, Any]) -> dict[str, Any]:
 def test_ready_line_then_serves_until_sigterm(running: list[subprocess.Popen[str]]) -> None:
     proc, ready = launch("--records", "contacts=100000,matters=50000,activities=50000", "--rate-limit", "50")
     running.append(proc)
-    assert set(ready) == {"url", "apps"}
+    assert set(ready) == {"url", "apps", "manage_apps"}
     assert ready["url"].startswith("http://127.0.0.1:")
     assert {app: info["region"] for app, info in ready["apps"].items()} == {
         "clio-emulator-us": "us",
