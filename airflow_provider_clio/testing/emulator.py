@@ -56,6 +56,8 @@ class ClioEmulator(ManageEmulatorMixin):
     :param page_size: records per list page (a ``limit`` parameter up to 200 overrides it per request).
     :param access_token_ttl: lifetime of issued access tokens in seconds.
     :param faults: initial fault knobs.
+    :param updated_since_inclusive: ``updated_since`` keeps records stamped exactly on it (Platform spec);
+        ``False``: only later ones (Manage spec).
     :param manage: the Manage API v4 mode's knobs (settings or a mapping of their names; see ``manage_*``).
     """
 
@@ -67,12 +69,13 @@ class ClioEmulator(ManageEmulatorMixin):
         page_size: int = 200,
         access_token_ttl: float = 86400,
         faults: Faults | None = None,
+        updated_since_inclusive: bool = True,
         manage: ManageSettings | Mapping[str, Any] | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         self.seed = seed
-        self._store = RecordStore(seed, records)
+        self._store = RecordStore(seed, records, updated_since_inclusive)
         self._oauth = OAuthServer(access_token_ttl=access_token_ttl)
         self._limiter = SlidingWindowLimiter(rate_limit)
         self._faults = FaultInjector(faults)
@@ -254,12 +257,18 @@ class ClioEmulator(ManageEmulatorMixin):
     def records(self, resource: str) -> list[dict[str, Any]]:
         """Return every current record of ``resource`` with all fields, id ascending (ground truth)."""
         self._check_resource(resource)
-        return [self._store.render(resource, i) for i in range(1, self._store.count(resource) + 1)]
+        ids = range(1, self._store.count(resource) + 1)
+        return [self._store.render(resource, i) for i in ids if self._store.exists(resource, i)]
 
     def touch(self, resource: str, ids: Iterable[int], at: datetime.datetime | None = None) -> None:
         """Bump ``updated_at`` (and so the ETag) of records to ``at`` (aware; default now)."""
         self._check_resource(resource)
         self._store.touch(resource, ids, at)
+
+    def delete_records(self, resource: str, ids: Iterable[int]) -> None:
+        """Delete records (lists and reads stop returning them), as a user deleting them in Clio would."""
+        self._check_resource(resource)
+        self._store.delete(resource, ids)
 
     def add_records(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
         """Create ``n`` records, created and updated at ``at`` (aware; default now); return their ids."""
