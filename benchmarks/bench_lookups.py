@@ -128,7 +128,8 @@ def _print(f: dict[str, Any]) -> None:
         )
     print(
         f"  at 3 req/s  {n:,} single GETs: ~{f['single_seconds_extrapolated']} s EXTRAPOLATED from the "
-        f"sample ({f['single_seconds_per_request']} s/request), ~{f['time_ratio_extrapolated']}x the batched time"
+        f"sample ({f['single_seconds_per_request']} s/request), "
+        f"~{f['time_ratio_extrapolated']}x the batched time"
     )
     print(f"  same records both ways: {f['same_records']}")
 
