@@ -101,6 +101,9 @@ class RecordLookup:
     :param params: Other list parameters (e.g. ``include``); filters such as ``updated_since`` narrow the
         answer, and the ids they filter out are reported missing.
     :param batch_size: Ids per request, 1 to 50.
+
+    While and after reading, ``requests`` counts the requests the hook sent for it (retries included),
+    ``found`` the records yielded and ``repeated`` the repeated records skipped.
     """
 
     def __init__(
