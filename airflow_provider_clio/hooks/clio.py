@@ -43,6 +43,7 @@ from airflow_provider_clio.exceptions import (
     truncate,
 )
 from airflow_provider_clio.fields import normalize_fields
+from airflow_provider_clio.lookups import RecordLookup
 from airflow_provider_clio.pagination import CursorTracker, Page, page_records
 from airflow_provider_clio.pools import resolve_pool_slots
 from airflow_provider_clio.rate_limit import PacerRequest
@@ -310,6 +311,34 @@ class ClioHook(BaseHook):
         if not isinstance(data, dict):
             raise ClioFatalError("expected a single-record response with a 'data' object", endpoint=label)
         return RecordResult(data, response.headers.get("ETag"), False, last_modified)
+
+    def get_records(
+        self,
+        endpoint: str,
+        ids: Any,
+        fields: str | Sequence[str] | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+    ) -> RecordLookup:
+        """
+        Look up known records by id, at most 50 per list request (``ids[]``), instead of one GET each.
+
+        The ids are validated now (ClioConfigError names a bad one); nothing is sent until the result is
+        read. Read ``lookup.records()`` (or ``lookup.pages()``) once, then ``lookup.missing`` lists the ids
+        Clio did not return (deleted or not visible)::
+
+            lookup = hook.get_records("grow/contacts", [7, 9, 12], fields=["id", "name"])
+            for contact in lookup.records():
+                ...
+            gone = lookup.missing
+
+        :param endpoint: The list endpoint, e.g. ``grow/contacts``.
+        :param ids: Ints or digit strings (repeats are looked up once), or their text form ``"[1, 2]"``.
+        :param fields: Fields to select; ``id`` is added when missing (records are matched on it).
+        :param params: Other list parameters, e.g. ``include`` (see
+            :class:`~airflow_provider_clio.lookups.RecordLookup`).
+        """
+        return RecordLookup(self, endpoint, ids, fields, params)
 
     def iter_pages(
         self,
