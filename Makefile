@@ -32,6 +32,7 @@ demo: $(VENV)/.installed
 	$(PY) -m airflow_provider_clio.testing.demo
 
 bench: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -r benchmarks/requirements.txt
 	$(PY) benchmarks/run_all.py
 
 emulator: $(VENV)/.installed
