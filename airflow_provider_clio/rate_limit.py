@@ -99,7 +99,7 @@ class RateLimiter:
         for value in (margin, fallback_seconds):
             if not 0 <= value < math.inf:
                 raise ClioConfigError(
-                    f"limiter margin, fallback and stall must be >= 0 seconds, got {value!r}"
+                    f"limiter margin and fallback_seconds must be >= 0 seconds, got {value!r}"
                 )
         self._safety = safety
         self._window = window

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
+from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.rate_limit import RateLimiter
 
 LIMIT = 3
@@ -209,3 +210,9 @@ def test_a_request_never_released_does_not_block_forever() -> None:
 
     vt.run([work])
     assert waits[0] <= 121.5
+
+
+@pytest.mark.parametrize("kwargs", [{"margin": -0.1}, {"fallback_seconds": float("inf")}])
+def test_invalid_guard_settings(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ClioConfigError, match="margin and fallback_seconds"):
+        RateLimiter(1, **kwargs)
