@@ -820,3 +820,70 @@ def test_requests_429s_and_limiter_waits_reach_airflow_metrics(
     rate_limited = [tags for stat, tags in metrics.counters if stat == "clio.rate_limited"]
     assert rate_limited == [{"region": "us", "endpoint": "grow/contacts"}] * 2
     assert [stat for stat, _ in metrics.timings] == ["clio.limiter_wait"] * 5
+
+
+# -- the budget pool ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_task_outside_the_connections_pool_is_refused_before_any_request(
+    airflow_db: Any, clio_emulator_factory: Any, monkeypatch: pytest.MonkeyPatch, support: Any
+) -> None:
+    # Issue 8 finding 5: a plain @task in default_pool must not add its requests to a full clio_us pool.
+    from airflow.sdk import DAG, task
+
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 30}, page_size=10)
+    conn_id = support.clio_connection(monkeypatch, emu)
+    store = MemoryTokenStore()
+    errors: list[str] = []
+    before: list[int] = []
+
+    with DAG(
+        support.unique_dag_id("hook_pool"),
+        schedule=None,
+        start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    ) as dag:
+
+        @task(pool="default_pool")
+        def outside() -> None:
+            try:
+                list(ClioHook(conn_id, token_store=store).paginate("grow/contacts"))
+            except ClioConfigError as err:
+                errors.append(str(err))
+                raise
+
+        @task(pool="default_pool", trigger_rule="all_done")
+        def opted_out() -> int:
+            before.append(len(emu.requests))
+            hook = ClioHook(conn_id, token_store=store, enforce_pool=False)
+            return len(list(hook.paginate("grow/contacts")))
+
+        @task(pool="clio_us")
+        def inside() -> int:
+            return len(list(ClioHook(conn_id, token_store=store).paginate("grow/contacts")))
+
+        outside() >> opted_out() >> inside()
+
+    dag_run = support.run_dag(dag)
+    assert support.ti_state(dag_run, "outside") == "failed"
+    assert len(errors) == 1
+    assert "runs in pool 'default_pool'" in errors[0]
+    assert "held by pool 'clio_us'" in errors[0]
+    assert "enforce_pool=False" in errors[0]
+    assert before == [0]  # refused before any request, the token endpoint included
+    assert support.ti_state(dag_run, "opted_out") == "success"
+    assert support.xcom_value(dag_run, "opted_out") == 30
+    assert support.ti_state(dag_run, "inside") == "success"
+    assert support.xcom_value(dag_run, "inside") == 30
+
+
+def test_outside_a_task_the_pool_is_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CLI, scripts and the triggerer have no task pool; a task object without a pool is not checked either.
+    set_conn(monkeypatch, base_conn())
+    hook = ClioHook(CONN_ID)
+    hook._check_pool()
+    with set_current_context({"task": SimpleNamespace(task_id="t", pool="default_pool")}):  # type: ignore[arg-type]
+        with pytest.raises(ClioConfigError, match=r"'default_pool'.*'clio_us'"):
+            ClioHook(CONN_ID)._check_pool()
+        ClioHook(CONN_ID, enforce_pool=False)._check_pool()
+        hook._check_pool()  # checked once, outside the task
