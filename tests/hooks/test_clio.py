@@ -515,6 +515,23 @@ def test_revoked_refresh_token_is_an_auth_error(
 
 
 @pytest.mark.integration
+def test_a_missing_refresh_token_is_an_auth_error_not_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    # What docs/connection.md promises: the connection is valid, the first refresh names the fix.
+    emu = clio_emulator_factory()
+    conn = emu.connection()
+    del conn["extra"]["refresh_token"]
+    set_conn(monkeypatch, conn)
+    hook = ClioHook(CONN_ID, token_store=MemoryTokenStore(), clock=fake_time.clock, sleep=lambda s: None)
+    assert hook.config.refresh_token is None
+    with pytest.raises(ClioAuthError, match="has no refresh token") as info:
+        hook.get("grow/contacts")
+    assert "airflow clio auth" in str(info.value)
+    assert emu.requests == []
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("after_401", [False, True])
 def test_a_lost_refresh_race_is_retried_and_adopts_the_winners_tokens(
     monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime, after_401: bool

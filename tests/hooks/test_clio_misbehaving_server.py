@@ -517,3 +517,20 @@ def test_retry_after_on_a_503_is_honoured(server: _Server, hook: ClioHook, sleep
     assert sleeps[1:] == [7.0]
     assert hook.stats.retries == 1
     assert [path for path, _ in server.seen] == ["/grow/maintenance-once"] * 2
+
+
+def test_the_prepared_request_is_checked_right_before_sending(
+    server: _Server, hook: ClioHook, listener: _Listener
+) -> None:
+    # The last line of defence, below next-link resolution: whatever URL reaches the send path, the token
+    # goes only where requests will really connect, read from the prepared request with urllib3's parser.
+    port_b = server.server_address[1]
+    sneaky = f"http://127.0.0.1:{listener.port}\\@127.0.0.1:{port_b}/grow/contacts"
+    with pytest.raises(
+        ClioFatalError, match=f"refusing to send the access token to http://127.0.0.1:{listener.port}"
+    ):
+        hook._call("GET", sneaky, label="grow/contacts")
+    time.sleep(0.1)
+    assert listener.received == []
+    assert server.seen == []
+    assert hook.stats.requests == 0
