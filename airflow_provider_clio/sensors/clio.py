@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_clio.dates import parse_instant
 from airflow_provider_clio.exceptions import ClioConfigError, ClioFatalError
-from airflow_provider_clio.extraction import RESERVED_QUERY_PARAMS
+from airflow_provider_clio.extraction import REQUEST_SLACK, RESERVED_QUERY_PARAMS
 from airflow_provider_clio.task_policy import apply_task_defaults, connection_region_and_pool, task_hook
 from airflow_provider_clio.triggers.clio import ClioRecordsTrigger
 
@@ -38,7 +38,7 @@ class ClioRecordsSensor(BaseSensorOperator):
         ClioRecordsSensor(
             task_id="wait_for_changed_matters",
             endpoint="grow/matters",
-            updated_since="{{ data_interval_start }}",
+            updated_since="{{ prev_data_interval_end_success or data_interval_start }}",
             mode="reschedule",
             poke_interval=600,
         )
@@ -108,7 +108,9 @@ class ClioRecordsSensor(BaseSensorOperator):
         params: dict[str, Any] = {**self.query_params, "fields": "id"}
         since = parse_instant(self.updated_since, "updated_since")
         if since is not None:
-            params["updated_since"] = since.isoformat()
+            # One second early: a record stamped on the bound counts whether the API reads updated_since as
+            # inclusive (Platform) or exclusive (Manage); a change up to 1 s older only opens the gate early.
+            params["updated_since"] = (since - REQUEST_SLACK).isoformat()
         return params
 
     def get_hook(self) -> ClioHook:

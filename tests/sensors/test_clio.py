@@ -76,7 +76,7 @@ def test_poke_is_one_cheap_request(
     queries = _sensor_requests(emu)
     assert len(queries) == 2
     assert all(q["fields"] == ["id"] for q in queries)
-    assert all(q["updated_since"] == [FUTURE.isoformat()] for q in queries)
+    assert all(q["updated_since"] == [(FUTURE - datetime.timedelta(seconds=1)).isoformat()] for q in queries)
     assert all("page_token" not in q for q in queries)
 
     # Without a filter every matter counts.
@@ -184,7 +184,8 @@ def test_deferrable_execute_checks_once_then_defers(
     assert isinstance(trigger, ClioRecordsTrigger)
     assert trigger.serialize()[1] == {
         "endpoint": "grow/matters",
-        "params": {"fields": "id", "updated_since": FUTURE.isoformat()},
+        # One second early, so a record stamped on the bound counts on an exclusive updated_since too.
+        "params": {"fields": "id", "updated_since": (FUTURE - datetime.timedelta(seconds=1)).isoformat()},
         "clio_conn_id": conn_id,
         "poke_interval": 30.0,
         "pool_slots": 2,
@@ -259,7 +260,7 @@ def test_deferrable_sensor_runs_its_trigger_under_dag_test(
     queries = _sensor_requests(emu)
     # One check in the task, then at least two polls from the trigger (nothing, then the touched record).
     assert len(queries) >= 3
-    assert all(q["updated_since"] == [FUTURE.isoformat()] for q in queries)
+    assert all(q["updated_since"] == [(FUTURE - datetime.timedelta(seconds=1)).isoformat()] for q in queries)
 
 
 def test_the_sensor_does_not_depend_on_the_operators(tmp_path: Path) -> None:
