@@ -6,13 +6,12 @@ records goes. Both build an :class:`ExtractionPlan` and hand a :class:`Sink` to 
 reads pages through the hook, keeps the records of the interval, commits whole pages in bounded units and
 saves a checkpoint after each durable commit.
 
-A plan with ``ids`` (``mode="ids"``) reads batched lookups (:mod:`airflow_provider_clio.lookups`) instead of
-one cursor. A lookup has no resumable position: a page's ``next_url`` is the link *inside* one batch and is
-``None`` at the end of every batch, so a checkpoint naming it would read as "complete" and a retry would skip
-the remaining batches. Such an extraction therefore never resumes: a retry abandons the saved checkpoint and
-reads every batch again (``lookup.batches`` requests); part files and manifests are rewritten whole and SQL
-rows are upserted, so the output is still exact. Its checkpoints (saved for the try fence and to name the
-abandoned output) never carry a cursor, and their key names the ids, so no cursor extraction resumes one.
+A plan with ``ids`` (``mode="ids"``) is read by batched lookups (:mod:`.lookups`) and never resumed: a lookup
+page's ``next_url`` is the link inside one batch, ``None`` at each batch's end, so a saved cursor would read
+as "complete" and a retry would skip the remaining batches. A retry abandons the checkpoint and reads every
+batch again (``lookup.batches`` requests); parts are rewritten whole, SQL rows upserted: the output is exact.
+Its checkpoints never carry a cursor and their key names the ids, so no cursor extraction resumes one.
+(Over 400 lines: the plan, the sink protocol and the page loop they share are one unit.)
 """
 
 from __future__ import annotations
