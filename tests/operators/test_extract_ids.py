@@ -261,3 +261,25 @@ def test_a_destination_holding_other_ids_is_refused_unless_overwrite(
     assert [r["id"] for r in read_extract(f"file://{tmp_path}/out")] == [1, 2, 3]
     assert operator([4, 5], overwrite=True).execute({})["records"] == 2
     assert [r["id"] for r in read_extract(f"file://{tmp_path}/out")] == [4, 5]
+
+
+def test_an_empty_id_list_commits_an_empty_extract_without_a_request(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 5})
+    op = ClioExtractOperator(
+        task_id="nothing",
+        clio_conn_id=support.clio_connection(monkeypatch, emu),
+        endpoint="grow/contacts",
+        mode="ids",
+        ids="[]",  # an upstream task found nothing to refresh
+        destination=f"file://{tmp_path}/out",
+        token_store=MemoryTokenStore(),
+    )
+    summary = op.execute({})
+    assert (summary["records"], summary["requested_ids"], summary["id_requests"]) == (0, 0, 0)
+    assert list(read_extract(f"file://{tmp_path}/out")) == []
+    assert emu.count(path_prefix="/grow") == 0
