@@ -8,15 +8,16 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 from airflow.sdk import DAG, task
 
 from airflow_provider_clio.auth import MemoryTokenStore
-from airflow_provider_clio.exceptions import ClioConfigError
+from airflow_provider_clio.exceptions import ClioAttemptSupersededError, ClioConfigError
 from airflow_provider_clio.lookups import MAX_IDS_PER_REQUEST
+from airflow_provider_clio.operators import writers
 from airflow_provider_clio.operators.extract import ClioExtractOperator, read_extract
 from airflow_provider_clio.testing import ClioEmulator
 
@@ -283,3 +284,71 @@ def test_an_empty_id_list_commits_an_empty_extract_without_a_request(
     assert (summary["records"], summary["requested_ids"], summary["id_requests"]) == (0, 0, 0)
     assert list(read_extract(f"file://{tmp_path}/out")) == []
     assert emu.count(path_prefix="/grow") == 0
+
+
+class _TaskState:
+    """An in-memory ``task_state_store`` accessor shared by the tries of a task instance, as Airflow's is."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = json.loads(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def test_the_try_fence_refuses_a_superseded_lookup_after_the_newer_try_committed(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 300}, page_size=20)
+    clio = support.clio_connection(monkeypatch, emu)
+    tokens, store = MemoryTokenStore(), _TaskState()
+    destination = tmp_path / "contacts"
+    ids = list(range(101, 221))
+    newer: list[dict[str, Any]] = []
+
+    def execute(try_number: int) -> dict[str, Any]:
+        ti = SimpleNamespace(dag_id="d", run_id="r", task_id="t", map_index=-1, try_number=try_number)
+        return ClioExtractOperator(
+            task_id="t",
+            clio_conn_id=clio,
+            endpoint="grow/contacts",
+            fields=["id", "name"],
+            mode="ids",
+            ids=ids,
+            destination=f"file://{destination}",
+            records_per_file=20,
+            token_store=tokens,
+        ).execute({"task_state_store": store, "ti": ti})  # type: ignore[arg-type]
+
+    real_add = writers.PartWriter.add
+    added: list[int] = []
+
+    def add(self: Any, records: list[dict[str, Any]]) -> None:
+        added.append(len(records))
+        if len(added) == 5 and not newer:
+            # Try 1 committed 4 parts (into batch 2) and stalls; Airflow runs try 2 to the end meanwhile.
+            newer.append(execute(2))
+        real_add(self, records)
+
+    monkeypatch.setattr(writers.PartWriter, "add", add)
+    with pytest.raises(ClioAttemptSupersededError, match="Try 1 of this task instance was superseded"):
+        execute(1)
+
+    (summary,) = newer
+    assert (summary["records"], summary["resumed"]) == (120, False)
+    manifest = json.loads((destination / "_manifest.json").read_text())
+    assert manifest["task"]["try_number"] == 2
+    truth = {r["id"]: {"id": r["id"], "name": r["name"]} for r in emu.records("contacts")}
+    assert list(read_extract(f"file://{destination}")) == [truth[i] for i in ids]
+    # Try 2 removed try 1's abandoned parts; try 1 uploaded nothing after it woke.
+    assert _run_folders(destination) == [f"run={summary['run']}"]
+    assert store.values == {}
