@@ -171,6 +171,8 @@ class ExtractionPlan:
             raise ClioConfigError(
                 f"query_params must not set {', '.join(reserved)}: use the fields / updated_since arguments"
             )
+        if ids is not None and {"ids[]", "ids"} & set(params):
+            raise ClioConfigError("query_params must not set ids[] with mode='ids': pass the ids as ids")
         normalized = normalize_fields(fields)
         request_fields, strip = _request_fields(normalized, list(required), interval)
         if interval.since is not None:

@@ -49,7 +49,7 @@ class ClioBaseOperator(BaseOperator):
     :param endpoint: List endpoint relative to the API base URL, e.g. ``grow/contacts`` (templated).
     :param fields: Fields to select, a list (``["id", "name", "client{id,name}"]``) or the string form;
         ``None`` for the server's default fields (templated).
-    :param query_params: Extra query parameters such as ``{"ids[]": [1, 2]}`` (templated). ``fields``,
+    :param query_params: Extra query parameters such as ``{"status": "open"}`` (templated). ``fields``,
         ``page_token`` and ``updated_since`` have their own arguments.
     :param mode: Which records to read (templated; see :mod:`airflow_provider_clio.modes`): ``"full"``
         (every record), ``"interval"`` (``[updated_since, updated_until)`` when given, else the run's data

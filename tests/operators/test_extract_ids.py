@@ -229,6 +229,28 @@ def test_bad_rendered_ids_fail_before_any_request(
     assert not (tmp_path / "out").exists()
 
 
+def test_ids_in_query_params_are_refused_before_any_request(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 5})
+    op = ClioExtractOperator(
+        task_id="bad",
+        clio_conn_id=support.clio_connection(monkeypatch, emu),
+        endpoint="grow/contacts",
+        mode="ids",
+        ids=[1, 2],
+        query_params={"ids[]": [3]},
+        destination=f"file://{tmp_path}/out",
+        token_store=MemoryTokenStore(),
+    )
+    with pytest.raises(ClioConfigError, match=r"must not set ids\[\] with mode='ids'"):
+        op.execute({})
+    assert emu.count(path_prefix="/grow") == 0
+
+
 def test_a_destination_holding_other_ids_is_refused_unless_overwrite(
     clio_emulator_factory: Callable[..., ClioEmulator],
     tmp_path: Path,
