@@ -5,10 +5,18 @@
 records goes. Both build an :class:`ExtractionPlan` and hand a :class:`Sink` to :class:`Extraction`, which
 reads pages through the hook, keeps the records of the interval, commits whole pages in bounded units and
 saves a checkpoint after each durable commit.
+
+A plan with ``ids`` (``mode="ids"``) is read by batched lookups (:mod:`.lookups`) and never resumed: a lookup
+page's ``next_url`` is the link inside one batch, ``None`` at each batch's end, so a saved cursor would read
+as "complete" and a retry would skip the remaining batches. A retry abandons the checkpoint and reads every
+batch again (``lookup.batches`` requests); parts are rewritten whole, SQL rows upserted: the output is exact.
+Its checkpoints never carry a cursor and their key names the ids, so no cursor extraction resumes one.
+(Over 400 lines: the plan, the sink protocol and the page loop they share are one unit.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -29,6 +37,7 @@ from airflow_provider_clio.fields import Field, normalize_fields, parse_fields, 
 
 if TYPE_CHECKING:
     from airflow_provider_clio.hooks.clio import ClioHook
+    from airflow_provider_clio.lookups import RecordLookup
     from airflow_provider_clio.pagination import Page
 
 __all__ = [
@@ -126,6 +135,7 @@ class ExtractionPlan:
     :param interval: The ``updated_at`` window to keep.
     :param projection: The parsed ``request_fields``; each record is projected onto them client-side, because
         Clio may ignore ``fields`` and answer full objects (clio-api-reference §4). ``None``: keep every key.
+    :param ids: The record ids to look up (``mode="ids"``, normalised), ``None`` to page through the endpoint.
     """
 
     endpoint: str
@@ -135,6 +145,7 @@ class ExtractionPlan:
     params: dict[str, Any]
     interval: Interval
     projection: tuple[Field, ...] | None = None
+    ids: list[int] | None = None
     kept: int = field(default=0, init=False)
     dropped: int = field(default=0, init=False)
 
@@ -146,6 +157,7 @@ class ExtractionPlan:
         query_params: Mapping[str, Any] | None,
         interval: Interval,
         required: Iterable[str] = (),
+        ids: Sequence[int] | None = None,
     ) -> ExtractionPlan:
         """Validate the arguments and work out the request; ``required`` names must reach the sink."""
         endpoint = (endpoint or "").strip().strip("/")
@@ -159,12 +171,25 @@ class ExtractionPlan:
             raise ClioConfigError(
                 f"query_params must not set {', '.join(reserved)}: use the fields / updated_since arguments"
             )
+        if ids is not None and {"ids[]", "ids"} & set(params):
+            raise ClioConfigError("query_params must not set ids[] with mode='ids': pass the ids as ids")
         normalized = normalize_fields(fields)
         request_fields, strip = _request_fields(normalized, list(required), interval)
         if interval.since is not None:
             params["updated_since"] = (interval.since - REQUEST_SLACK).isoformat()
         projection = tuple(parse_fields(request_fields)) if request_fields is not None else None
-        return cls(endpoint, normalized, request_fields, strip, _jsonable(params), interval, projection)
+        looked_up = None if ids is None else list(ids)
+        return cls(
+            endpoint, normalized, request_fields, strip, _jsonable(params), interval, projection, looked_up
+        )
+
+    @property
+    def ids_identity(self) -> dict[str, Any] | None:
+        """The ids as a small identity (count and digest of the sorted ids); ``None`` without ids."""
+        if self.ids is None:
+            return None
+        digest = hashlib.sha256(",".join(map(str, sorted(self.ids))).encode()).hexdigest()[:16]
+        return {"count": len(self.ids), "sha256": digest}
 
     @property
     def filtered(self) -> bool:
@@ -212,6 +237,8 @@ class ExtractionPlan:
             "fields": self.request_fields,
             "params": self.params,
             "interval": self.interval.to_dict(),
+            # Only lookups carry it: the keys of cursor extractions (and of their checkpoints) are unchanged.
+            **({} if self.ids is None else {"ids": self.ids_identity}),
             **_jsonable(extra),
         }
 
@@ -245,6 +272,11 @@ class ExtractionResult:
     resumed_units: int
     pages_read: int
     seconds: float
+    lookup: RecordLookup | None = None
+
+    def lookup_summary(self) -> dict[str, Any]:
+        """The lookup's counts for the task summary (``{}`` for a cursor extraction)."""
+        return {} if self.lookup is None else self.lookup.summary()
 
 
 class Extraction:
@@ -255,7 +287,8 @@ class Extraction:
     single page does), and a checkpoint naming the next page is saved right after each commit. At least every
     ``checkpoint_pages`` pages the pending records are committed (or, when none are pending, the cursor alone
     is saved; no empty unit is written), so a retry never re-reads more than that many pages. A resumed run
-    starts at the checkpoint's ``next_url``; pages already committed are not requested again.
+    starts at the checkpoint's ``next_url``; pages already committed are not requested again. A plan with
+    ``ids`` is read by a lookup and never resumed (see the module docstring).
     """
 
     def __init__(
@@ -275,13 +308,19 @@ class Extraction:
         self.unit_size = unit_size
         self.checkpoint_pages = checkpoint_pages
         self.pages_read = 0
+        self.lookup: RecordLookup | None = None
         self._uncommitted_pages = 0
         self._begin(None)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a retry may continue from a saved cursor (not for a lookup by ids)."""
+        return self.plan.ids is None
 
     def run(self) -> ExtractionResult:
         """Resume or start, read every remaining page, commit the last unit; return the outcome."""
         started = time.monotonic()
-        self._begin(self.checkpointer.resume())
+        self._begin(self._saved())
         pages = None if self.resumed and self.state.complete else self._open_pages()
         # Also for a complete checkpoint: the final step (e.g. the manifest) needs what the sink carried.
         self.sink.restore(self.state.sink_state)
@@ -299,7 +338,22 @@ class Extraction:
             resumed_units=self.resumed_units,
             pages_read=self.pages_read,
             seconds=round(time.monotonic() - started, 3),
+            lookup=self.lookup,
         )
+
+    def _saved(self) -> Checkpoint | None:
+        """Claim the checkpoint store; return the checkpoint to resume, never one for a lookup."""
+        saved = self.checkpointer.resume()
+        if saved is None or self.resumable:
+            return saved
+        # Its cursor (if any) points inside one batch: resuming could skip whole batches. Read them all again.
+        log.info(
+            "A lookup by id does not resume: an earlier try committed %d record(s); reading %d id(s) again",
+            saved.records,
+            len(self.plan.ids or ()),
+        )
+        self.checkpointer.abandon(saved)
+        return None
 
     def _begin(self, saved: Checkpoint | None) -> None:
         """Continue ``saved``, or start a fresh attempt when it is ``None``."""
@@ -309,6 +363,11 @@ class Extraction:
         self._carried_rate_limited = self.state.rate_limited
 
     def _first_pages(self) -> Iterator[Page]:
+        if self.plan.ids is not None:
+            self.lookup = self.hook.get_records(
+                self.plan.endpoint, self.plan.ids, fields=self.plan.request_fields, params=self.plan.params
+            )
+            return self.lookup.pages()
         return self.hook.iter_pages(
             self.plan.endpoint, fields=self.plan.request_fields, params=self.plan.params
         )
@@ -341,7 +400,7 @@ class Extraction:
                 self.sink.add(records)
             self._uncommitted_pages += 1
             current = page.next_url
-            if self._uncommitted_pages >= self.checkpoint_pages and current is not None:
+            if self.resumable and self._uncommitted_pages >= self.checkpoint_pages and current is not None:
                 # Pages whose records were all dropped still cost requests: do not read them again on retry.
                 self._commit(current)
             log.debug("Page %d: %d record(s) kept of %d", page.number, len(records), len(page.records))
@@ -357,7 +416,8 @@ class Extraction:
             state.sink_state = self.sink.state()
         state.pages += self._uncommitted_pages
         self._uncommitted_pages = 0
-        state.next_url = next_url
+        # A lookup's next_url is a link inside one batch, not a position to resume from: never save it.
+        state.next_url = next_url if self.resumable else None
         state.rate_limited = self._carried_rate_limited + int(getattr(self.hook.stats, "rate_limited", 0))
         self.checkpointer.save(state)
         log.info(

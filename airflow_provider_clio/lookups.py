@@ -22,10 +22,20 @@ from airflow_provider_clio.pagination import Page
 if TYPE_CHECKING:
     from airflow_provider_clio.hooks.clio import ClioHook
 
-__all__ = ["MAX_IDS_PER_REQUEST", "RecordLookup", "batches", "normalize_ids", "with_id_field"]
+__all__ = [
+    "MAX_IDS_PER_REQUEST",
+    "MISSING_IDS_IN_SUMMARY",
+    "RecordLookup",
+    "batches",
+    "normalize_ids",
+    "with_id_field",
+]
 
 MAX_IDS_PER_REQUEST = 50
 """Clio accepts 1 to 50 ``ids[]`` values per list request."""
+
+MISSING_IDS_IN_SUMMARY = 100
+"""How many missing ids :meth:`RecordLookup.summary` lists (an XCom must stay small; the count is exact)."""
 
 _DIGITS = re.compile(r"^\d+$")
 # A templated list renders to its text form ("[1, 2, 3]" or "['1', '2']"); separators of that text.
@@ -144,6 +154,23 @@ class RecordLookup:
     def batches(self) -> int:
         """The number of ``ids[]`` batches (one request each unless the server pages a batch)."""
         return -(-len(self.ids) // self.batch_size)
+
+    def summary(self, limit: int = MISSING_IDS_IN_SUMMARY) -> dict[str, Any]:
+        """
+        Return the counts for a task's summary XCom, listing at most ``limit`` missing ids (after reading).
+
+        ``requested_ids`` (distinct ids), ``missing_ids`` (how many Clio did not return),
+        ``missing_ids_first`` (the first ``limit`` of them, in request order), ``id_batches`` and
+        ``id_requests``.
+        """
+        missing = self.missing
+        return {
+            "requested_ids": len(self.ids),
+            "missing_ids": len(missing),
+            "missing_ids_first": missing[:limit],
+            "id_batches": self.batches,
+            "id_requests": self.requests,
+        }
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Yield every record found, once each, batch by batch (id ascending within a batch)."""

@@ -9,12 +9,13 @@
 ``"since_last_success"``      gap-free: ``[prev_data_interval_end_success - overlap, data_interval_end)``,
                               the lower bound falling back to ``data_interval_start`` before any success
 ``"reconcile"``               ``ClioToSqlOperator`` only: scan every id and mark rows Clio no longer has
+``"ids"``                     the records of the given ``ids`` (batched ``ids[]`` lookups), whatever their
+                              ``updated_at``; the ids Clio does not return are reported, not fatal
 ============================  =====================================================================
 
 The bounds come from Airflow's own state, fixed before the first request, never from the ``updated_at`` of
 loaded rows: Clio's cursor walks by id, so a record edited behind the cursor during a scan carries a newer
-``updated_at`` than rows read later, and a watermark taken from the rows would skip it forever. Another mode
-(e.g. ``"ids"``) is one more entry in :data:`MODES` and one more branch in :func:`resolve_interval`.
+``updated_at`` than rows read later, and a watermark taken from the rows would skip it forever.
 """
 
 from __future__ import annotations
@@ -26,16 +27,20 @@ from typing import Any
 from airflow_provider_clio.dates import parse_instant
 from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.extraction import Interval
+from airflow_provider_clio.lookups import normalize_ids
 
 __all__ = [
     "DEFAULT_OVERLAP",
     "FULL",
+    "IDS",
     "INTERVAL",
     "MODES",
     "RECONCILE",
     "SINCE_LAST_SUCCESS",
+    "check_ids",
     "check_mode",
     "effective_mode",
+    "is_unrendered",
     "resolve_interval",
     "to_overlap",
 ]
@@ -44,14 +49,15 @@ FULL = "full"
 INTERVAL = "interval"
 SINCE_LAST_SUCCESS = "since_last_success"
 RECONCILE = "reconcile"
-MODES = (FULL, INTERVAL, SINCE_LAST_SUCCESS, RECONCILE)
+IDS = "ids"
+MODES = (FULL, INTERVAL, SINCE_LAST_SUCCESS, RECONCILE, IDS)
 """Every mode; an operator accepts the subset it implements."""
 
 DEFAULT_OVERLAP = timedelta(minutes=5)
 """How far ``since_last_success`` reaches back before the last success (clock skew, late commits)."""
 
 # Modes whose bounds come from the run alone: explicit updated_since/updated_until would contradict them.
-_NO_EXPLICIT_BOUNDS = frozenset({FULL, SINCE_LAST_SUCCESS, RECONCILE})
+_NO_EXPLICIT_BOUNDS = frozenset({FULL, SINCE_LAST_SUCCESS, RECONCILE, IDS})
 
 
 def to_overlap(value: Any) -> timedelta | None:
@@ -81,6 +87,31 @@ def effective_mode(mode: str | None, updated_since: Any, updated_until: Any) -> 
     return mode
 
 
+def is_unrendered(value: Any) -> bool:
+    """Whether ``value`` is still a template or an ``XComArg`` (known only when the task runs)."""
+    if isinstance(value, str):
+        return "{{" in value
+    if isinstance(value, (list, tuple, set)):
+        return any(is_unrendered(item) for item in value)
+    # XComArg (``ids=task.output``) and other lazily resolved values: Airflow resolves them at render time.
+    return hasattr(value, "resolve") and hasattr(value, "iter_references")
+
+
+def check_ids(mode: str, ids: Any) -> list[int] | None:
+    """
+    Return the normalised ids of an ``"ids"`` run (``None`` while still a template); refuse misplaced ids.
+
+    :raise ClioConfigError: ``mode="ids"`` without ``ids``, ``ids`` with another mode, or a bad id (named).
+    """
+    if mode != IDS:
+        if ids is not None:
+            raise ClioConfigError(f"ids applies to mode='ids' only, not mode={mode!r}")
+        return None
+    if ids is None:
+        raise ClioConfigError("mode='ids' needs ids: a list of record ids, a template or an XComArg")
+    return None if is_unrendered(ids) else normalize_ids(ids)
+
+
 def check_mode(
     mode: Any,
     allowed: tuple[str, ...],
@@ -88,6 +119,7 @@ def check_mode(
     updated_since: Any = None,
     updated_until: Any = None,
     overlap: Any = None,
+    ids: Any = None,
 ) -> None:
     """
     Raise ClioConfigError when ``mode`` is unknown to the operator or contradicts the other arguments.
@@ -104,13 +136,17 @@ def check_mode(
             n for n, v in (("updated_since", updated_since), ("updated_until", updated_until)) if _given(v)
         ]
         if given:
+            why = "takes its bounds from the run"
+            if chosen == IDS:
+                why = "reads its ids whatever their updated_at"
             raise ClioConfigError(
-                f"mode={chosen!r} takes its bounds from the run: do not pass {' or '.join(given)} "
+                f"mode={chosen!r} {why}: do not pass {' or '.join(given)} "
                 "(use mode='interval' for explicit bounds)"
             )
     if overlap is not None and chosen != SINCE_LAST_SUCCESS:
         raise ClioConfigError(f"overlap applies to mode='since_last_success' only, not mode={chosen!r}")
     to_overlap(overlap)
+    check_ids(chosen, ids)
 
 
 def _context_instant(context: Mapping[str, Any], key: str) -> datetime | None:
@@ -133,7 +169,7 @@ def resolve_interval(
         data interval on a run without one.
     """
     chosen = effective_mode(mode, updated_since, updated_until)
-    if chosen in (FULL, RECONCILE):
+    if chosen in (FULL, RECONCILE, IDS):
         return Interval()
     if chosen == SINCE_LAST_SUCCESS:
         chosen_overlap = to_overlap(overlap)

@@ -48,7 +48,14 @@ def at(hours: float) -> datetime.datetime:
         ({"overlap": 60}, "not mode='full'"),
         ({"mode": "since_last_success", "overlap": -1}, "overlap must not be negative"),
         ({"mode": "since_last_success", "overlap": "5m"}, "overlap must be a timedelta"),
-        ({"mode": "ids"}, "mode must be one of 'full', 'interval', 'since_last_success', got 'ids'"),
+        (
+            {"mode": "bogus"},
+            "mode must be one of 'full', 'interval', 'since_last_success', 'ids', got 'bogus'",
+        ),
+        ({"mode": "ids"}, "mode='ids' needs ids"),
+        ({"mode": "ids", "ids": [1], "updated_since": "2026-08-01"}, "mode='ids' reads its ids whatever"),
+        ({"mode": "ids", "ids": [1], "overlap": 60}, "not mode='ids'"),
+        ({"mode": "interval", "ids": [1]}, "ids applies to mode='ids' only, not mode='interval'"),
         ({"mode": "reconcile"}, "got 'reconcile'"),  # ClioToSqlOperator only
     ],
 )
@@ -110,6 +117,7 @@ def test_interval_mode_takes_the_data_interval_or_the_explicit_bounds() -> None:
     assert resolve_interval(None, at(2), None, None, context) == Interval(at(2), at(4))
     assert resolve_interval(None, None, None, None, context) == Interval()
     assert resolve_interval("full", None, None, None, context) == Interval()
+    assert resolve_interval("ids", None, None, None, context) == Interval()  # every given id, unbounded
 
 
 @pytest.mark.parametrize("mode", ["interval", "since_last_success"])

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_clio.extraction import ExtractionPlan
-from airflow_provider_clio.modes import FULL, INTERVAL, SINCE_LAST_SUCCESS, check_mode, resolve_interval
+from airflow_provider_clio.lookups import normalize_ids
+from airflow_provider_clio.modes import (
+    FULL,
+    IDS,
+    INTERVAL,
+    SINCE_LAST_SUCCESS,
+    check_mode,
+    effective_mode,
+    resolve_interval,
+)
 from airflow_provider_clio.task_policy import (
     DEFAULT_TASK_RETRY_ARGS,
     apply_task_defaults,
@@ -40,13 +49,14 @@ class ClioBaseOperator(BaseOperator):
     :param endpoint: List endpoint relative to the API base URL, e.g. ``grow/contacts`` (templated).
     :param fields: Fields to select, a list (``["id", "name", "client{id,name}"]``) or the string form;
         ``None`` for the server's default fields (templated).
-    :param query_params: Extra query parameters such as ``{"ids[]": [1, 2]}`` (templated). ``fields``,
+    :param query_params: Extra query parameters such as ``{"status": "open"}`` (templated). ``fields``,
         ``page_token`` and ``updated_since`` have their own arguments.
     :param mode: Which records to read (templated; see :mod:`airflow_provider_clio.modes`): ``"full"``
         (every record), ``"interval"`` (``[updated_since, updated_until)`` when given, else the run's data
         interval), ``"since_last_success"`` (gap-free: from the end of the last successful run's interval
-        minus ``overlap`` to this run's ``data_interval_end``). ``None`` (default): ``"interval"`` when
-        ``updated_since`` or ``updated_until`` is given, else ``"full"``.
+        minus ``overlap`` to this run's ``data_interval_end``), ``"ids"`` (the records of ``ids``, looked up
+        50 per request). ``None`` (default): ``"interval"`` when ``updated_since`` or ``updated_until`` is
+        given, else ``"full"``.
     :param updated_since: With ``mode`` ``None`` or ``"interval"``: keep records with ``updated_at`` at or
         after this instant (ISO-8601 or datetime; templated). ``None`` or ``""``: no lower bound.
     :param updated_until: With ``mode`` ``None`` or ``"interval"``: keep records with ``updated_at`` strictly
@@ -55,6 +65,12 @@ class ClioBaseOperator(BaseOperator):
     :param overlap: ``since_last_success`` only: how far before the last success's interval end to start
         (``timedelta`` or seconds; default 5 minutes). The upsert absorbs the re-read rows; file extracts may
         repeat them (dedupe on ``id`` + ``updated_at``).
+    :param ids: ``mode="ids"`` only, and required there: the record ids to read, whatever their
+        ``updated_at`` (templated): a list of ints or digit strings, the text a templated list renders to
+        (``"[1, 2, 3]"``, e.g. ``"{{ ti.xcom_pull(task_ids='pick') }}"``) or an ``XComArg``
+        (``ids=pick.output``). Checked before any request; ids Clio does not return (deleted or not
+        visible) are reported in the summary (``missing_ids``), not fatal. A retry reads every id again (a
+        lookup has no cursor to resume from).
     :param clio_conn_id: The Clio connection.
     :param region: Clio region (``us``, ``ca``, ``eu``, ``au``); default: the connection's ``region`` extra.
         Picks the default pool ``clio_<region>`` and the lineage URI; the task fails if it is not the
@@ -71,8 +87,9 @@ class ClioBaseOperator(BaseOperator):
         "mode",
         "updated_since",
         "updated_until",
+        "ids",
     )
-    allowed_modes: ClassVar[tuple[str, ...]] = (FULL, INTERVAL, SINCE_LAST_SUCCESS)
+    allowed_modes: ClassVar[tuple[str, ...]] = (FULL, INTERVAL, SINCE_LAST_SUCCESS, IDS)
     template_fields_renderers: ClassVar[dict[str, str]] = {"query_params": "json"}
     ui_color = "#0f5ea8"
     ui_fgcolor = "#ffffff"
@@ -87,6 +104,7 @@ class ClioBaseOperator(BaseOperator):
         updated_since: str | datetime | None = None,
         updated_until: str | datetime | None = None,
         overlap: timedelta | float | None = None,
+        ids: Any = None,
         clio_conn_id: str = "clio_default",
         region: str | None = None,
         token_store: Any | None = None,
@@ -99,6 +117,7 @@ class ClioBaseOperator(BaseOperator):
             updated_since=updated_since,
             updated_until=updated_until,
             overlap=overlap,
+            ids=ids,
         )
         resolved_region, pool = connection_region_and_pool(clio_conn_id, region)
         apply_task_defaults(kwargs, {"pool": pool, **DEFAULT_TASK_RETRY_ARGS})
@@ -115,6 +134,7 @@ class ClioBaseOperator(BaseOperator):
         self.updated_since = updated_since
         self.updated_until = updated_until
         self.overlap = overlap
+        self.ids = ids
         self.clio_conn_id = clio_conn_id
         self.region = resolved_region
         self.explicit_region = region
@@ -141,9 +161,13 @@ class ClioBaseOperator(BaseOperator):
             updated_since=self.updated_since,
             updated_until=self.updated_until,
             overlap=self.overlap,
+            ids=self.ids,
         )
         interval = resolve_interval(mode, self.updated_since, self.updated_until, self.overlap, context)
-        return ExtractionPlan.build(self.endpoint, self.fields, self.query_params, interval, required)
+        # Rendered by now (check_mode skipped only a template): validated again before any request.
+        chosen = effective_mode(mode, self.updated_since, self.updated_until)
+        ids = normalize_ids(self.ids) if chosen == IDS else None
+        return ExtractionPlan.build(self.endpoint, self.fields, self.query_params, interval, required, ids)
 
     # OpenLineage: the imports stay inside the methods so the provider works without the OpenLineage provider.
     def _ol_outputs(self, summary: Mapping[str, Any] | None) -> list[Any]:

@@ -67,7 +67,9 @@ class ClioExtractOperator(ClioBaseOperator):
     try resumes from its last uploaded part on retry.
 
     The returned XCom (never the records) holds ``records``, ``pages``, ``files``, ``rate_limited`` (429s
-    seen), ``seconds``, ``manifest``, ``run``, ``interval``, ``mode`` and ``resumed``.
+    seen), ``seconds``, ``manifest``, ``run``, ``interval``, ``mode`` and ``resumed``; with ``mode="ids"``
+    also ``requested_ids``, ``missing_ids`` (a count), ``missing_ids_first`` (at most 100 of them),
+    ``id_batches`` and ``id_requests``.
 
     .. code-block:: python
 
@@ -90,7 +92,7 @@ class ClioExtractOperator(ClioBaseOperator):
         ``ClioConfigError`` before any request, because the destination would lose the other interval's data.
     :param endpoint: List endpoint, e.g. ``grow/contacts`` (templated).
     :param fields: Fields to select, list or string form (templated).
-    :param kwargs: ``query_params``, ``mode``, ``updated_since``, ``updated_until``, ``overlap``,
+    :param kwargs: ``query_params``, ``mode``, ``updated_since``, ``updated_until``, ``overlap``, ``ids``,
         ``clio_conn_id``, ``region``, ``token_store``, ``request_retry`` as documented on
         :class:`ClioBaseOperator`, and ``BaseOperator``'s.
     """
@@ -131,7 +133,9 @@ class ClioExtractOperator(ClioBaseOperator):
         plan = self.build_plan(context)
         destination = self._destination()
         manifest_path = destination / MANIFEST_FILE
-        identity = _identity(plan.endpoint, plan.fields, plan.params, plan.interval.to_dict(), self._mode())
+        identity = _identity(
+            plan.endpoint, plan.fields, plan.params, plan.interval.to_dict(), self._mode(), plan.ids_identity
+        )
         self._check_owner(manifest_path, identity)
         hook = self.get_hook()
         key = plan.key(api=hook.base_url, target=str(destination), file_format=self.file_format)
@@ -176,6 +180,7 @@ class ClioExtractOperator(ClioBaseOperator):
             "mode": self._mode(),
             "resumed": result.resumed,
             "resumed_parts": result.resumed_units,
+            **result.lookup_summary(),
         }
         self._summary = summary
         return summary
@@ -216,6 +221,7 @@ class ClioExtractOperator(ClioBaseOperator):
             "params": plan.params,
             "interval": plan.interval.to_dict(),
             "mode": self._mode(),
+            **({} if plan.ids is None else {"ids": plan.ids_identity}),
             "format": self.file_format,
             **({"schema": schema} if self.file_format == "parquet" else {}),
             "files": files,
@@ -246,6 +252,7 @@ class ClioExtractOperator(ClioBaseOperator):
             committed.get("params"),
             committed.get("interval"),
             committed.get("mode"),
+            committed.get("ids"),
         )
         if theirs != identity and not self.overwrite:
             differing = ", ".join(
@@ -371,8 +378,10 @@ def _load_manifest(path: ObjectStoragePath) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _identity(endpoint: Any, fields: Any, params: Any, interval: Any, mode: Any = None) -> dict[str, Any]:
-    """What a destination's manifest must match for a run to replace it."""
+def _identity(
+    endpoint: Any, fields: Any, params: Any, interval: Any, mode: Any = None, ids: Any = None
+) -> dict[str, Any]:
+    """What a destination's manifest must match for a run to replace it (``ids``: a lookup's id digest)."""
     if mode == SINCE_LAST_SUCCESS and isinstance(interval, Mapping):
         # A rerun of the same run ends at the same data_interval_end, but its lower bound moves when an
         # earlier interval succeeded meanwhile (e.g. a backfill): still the same run's output to replace.
@@ -380,7 +389,7 @@ def _identity(endpoint: Any, fields: Any, params: Any, interval: Any, mode: Any 
     # updated_since follows from the interval (sent a little early since 2026-11): compare the interval only,
     # so manifests committed before that change still match their reruns.
     query = {k: v for k, v in (params or {}).items() if k != "updated_since"}
-    return {"endpoint": endpoint, "fields": fields, "params": query, "interval": interval}
+    return {"endpoint": endpoint, "fields": fields, "params": query, "interval": interval, "ids": ids}
 
 
 def _task_identity(context: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from airflow_provider_clio.fencing import attempt_of
 from airflow_provider_clio.fields import top_level_names
 from airflow_provider_clio.modes import (
     FULL,
+    IDS,
     INTERVAL,
     RECONCILE,
     SINCE_LAST_SUCCESS,
@@ -86,17 +87,20 @@ class ClioToSqlOperator(ClioBaseOperator):
     ``deleted_column`` (see :mod:`airflow_provider_clio.transfers.reconcile`).
 
     The returned XCom holds ``records``, ``pages``, ``batches``, ``table``, ``rate_limited``, ``seconds``,
-    ``interval``, ``mode`` and ``resumed``; a reconcile's holds ``scanned``, ``pages``, ``live``,
-    ``candidates``, ``missing``, ``marked``, ``table``, ``rate_limited``, ``seconds`` and ``scan_started``.
+    ``interval``, ``mode`` and ``resumed`` (with ``mode="ids"`` also ``requested_ids``, ``missing_ids``,
+    ``missing_ids_first``, ``id_batches`` and ``id_requests``); a reconcile's holds ``scanned``, ``pages``,
+    ``live``, ``candidates``, ``missing``, ``marked``, ``table``, ``rate_limited``, ``seconds`` and
+    ``scan_started``.
 
     :param sql_conn_id: A connection whose hook is a common.sql ``DbApiHook`` (SQLite, PostgreSQL, MySQL...).
     :param table: Target table, ``table`` or ``schema.table`` (plain identifiers; templated).
     :param batch_size: Target rows per transaction (default 1000); batches hold whole pages.
     :param create_table: Create the table when it is missing, and add ``_loaded_at`` (and, reconciling, the
         deleted column) when an existing table lacks it (default ``True``).
-    :param mode: ``"full"``, ``"interval"``, ``"since_last_success"`` (see :class:`ClioBaseOperator`) or
-        ``"reconcile"``: an id-only scan marking deleted rows (no ``fields``, ``updated_since``,
-        ``overlap``).
+    :param mode: ``"full"``, ``"interval"``, ``"since_last_success"``, ``"ids"`` (see
+        :class:`ClioBaseOperator`) or ``"reconcile"``: an id-only scan marking deleted rows (no ``fields``,
+        ``updated_since``, ``overlap``). ``"ids"`` upserts the records of ``ids``; it marks nothing deleted
+        (the ids Clio did not return are counted in ``missing_ids``).
     :param deleted_column: The column a reconcile sets to the time it found a row's record gone (default
         ``_clio_deleted_at``); loads clear it when they upsert the id again.
     :param max_deleted_share: A reconcile refuses (``ClioConfigError``, nothing marked) to mark more than this
@@ -105,13 +109,13 @@ class ClioToSqlOperator(ClioBaseOperator):
         after checking that the records were really deleted.
     :param endpoint: List endpoint, e.g. ``grow/matters`` (templated).
     :param fields: Fields to select, list or string form (templated); ``id`` is always loaded.
-    :param kwargs: ``query_params``, ``updated_since``, ``updated_until``, ``overlap``, ``clio_conn_id``,
-        ``region``, ``token_store``, ``request_retry`` as documented on :class:`ClioBaseOperator`, and
-        ``BaseOperator``'s.
+    :param kwargs: ``query_params``, ``updated_since``, ``updated_until``, ``overlap``, ``ids``,
+        ``clio_conn_id``, ``region``, ``token_store``, ``request_retry`` as documented on
+        :class:`ClioBaseOperator`, and ``BaseOperator``'s.
     """
 
     template_fields: Sequence[str] = (*ClioBaseOperator.template_fields, "table")
-    allowed_modes = (FULL, INTERVAL, SINCE_LAST_SUCCESS, RECONCILE)
+    allowed_modes = (FULL, INTERVAL, SINCE_LAST_SUCCESS, RECONCILE, IDS)
 
     def __init__(
         self,
@@ -203,6 +207,7 @@ class ClioToSqlOperator(ClioBaseOperator):
             "mode": effective_mode(self.mode or None, self.updated_since, self.updated_until),
             "resumed": result.resumed,
             "resumed_batches": result.resumed_units,
+            **result.lookup_summary(),
         }
         self._summary = summary
         return summary
@@ -239,6 +244,7 @@ class ClioToSqlOperator(ClioBaseOperator):
             updated_since=self.updated_since,
             updated_until=self.updated_until,
             overlap=self.overlap,
+            ids=self.ids,
         )
         if self.fields:
             raise ClioConfigError("mode='reconcile' reads ids only: do not pass fields")

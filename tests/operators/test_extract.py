@@ -377,6 +377,7 @@ def test_defaults_pool_retries_and_policy(
         "mode",
         "updated_since",
         "updated_until",
+        "ids",
         "destination",
     }
 
