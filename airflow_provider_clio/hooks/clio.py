@@ -220,6 +220,10 @@ class ClioHook(BaseHook):
         """The API's pacer for this application, region and rate (shared within the process)."""
         config = self.config
         request = PacerRequest(config.client_id, config.region, self.rate, clock=self._clock)
+        # The rate this task may send at; summed over a region's tasks it is the share of the limit in use.
+        # Achieved utilisation is rate(clio.requests) / limit (docs/priority-and-alerts.md), not a gauge:
+        # a per-process gauge would be overwritten by whichever worker reported last.
+        stats.gauge("clio.paced_rate", self.rate, tags={"region": config.region, "pool": config.pool})
         return config.api.make_pacer(request)
 
     @cached_property

@@ -799,12 +799,24 @@ class RecordingStatsBackend:
     def __init__(self) -> None:
         self.counters: list[tuple[str, dict[str, Any]]] = []
         self.timings: list[tuple[str, dict[str, Any]]] = []
+        self.gauges: list[tuple[str, float, dict[str, Any]]] = []
 
     def incr(self, stat: str, count: int = 1, rate: float = 1, *, tags: dict[str, Any] | None = None) -> None:
         self.counters.extend([(stat, dict(tags or {}))] * count)
 
     def timing(self, stat: str, dt: Any, *, tags: dict[str, Any] | None = None) -> None:
         self.timings.append((stat, dict(tags or {})))
+
+    def gauge(
+        self,
+        stat: str,
+        value: float,
+        rate: float = 1,
+        delta: bool = False,
+        *,
+        tags: dict[str, Any] | None = None,
+    ) -> None:
+        self.gauges.append((stat, value, dict(tags or {})))
 
 
 @pytest.fixture
@@ -837,6 +849,8 @@ def test_requests_429s_and_limiter_waits_reach_airflow_metrics(
     rate_limited = [tags for stat, tags in metrics.counters if stat == "clio.rate_limited"]
     assert rate_limited == [{"region": "us", "endpoint": "grow/contacts"}] * 2
     assert [stat for stat, _ in metrics.timings] == ["clio.limiter_wait"] * 5
+    # The rate this hook paces at (1 slot x requests_per_slot), once per hook, tagged with region and pool.
+    assert metrics.gauges == [("clio.paced_rate", hook.rate, {"region": "us", "pool": "clio_us"})]
 
 
 # -- the budget pool ---------------------------------------------------------------------------------
