@@ -8,6 +8,9 @@ from typing import Any
 from airflow_provider_clio import __version__
 from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
+API_LABELS = {"platform": "Clio Platform API (Grow)", "manage": "Clio Manage API v4"}
+"""The built-in APIs a connection may select, with the labels the connection form shows."""
+
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider description Airflow validates against ``provider_info.schema.json``."""
@@ -58,19 +61,33 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "conn-fields": {
+                    "api": {
+                        "label": "API",
+                        "description": (
+                            "Which Clio API this connection's application and tokens belong to; each has "
+                            "its own developer application per region."
+                        ),
+                        "schema": {
+                            "type": "string",
+                            "enum": list(API_LABELS),
+                            "values_display": API_LABELS,
+                            "default": "platform",
+                        },
+                    },
                     "region": {
                         "label": "Region",
                         "description": (
                             "Clio instance the application is registered in. Picks the API and OAuth "
-                            "hosts and the Airflow pool clio_<region>."
+                            "hosts and the Airflow pool clio_<region> (Manage: clio_manage_<region>)."
                         ),
                         "schema": {"type": "string", "enum": list(REGIONS), "default": DEFAULT_REGION},
                     },
                     "refresh_token": {
                         "label": "Refresh token",
                         "description": (
-                            "OAuth refresh token from `airflow clio auth`. It rotates on every use; the "
-                            "hook stores the newest one in an Airflow Variable."
+                            "OAuth refresh token from `airflow clio auth`. On the Platform API it rotates on "
+                            "every use (Manage's does not); the hook stores the newest one in an Airflow "
+                            "Variable."
                         ),
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
@@ -81,11 +98,26 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "pool": {
                         "label": "Pool name",
-                        "description": "Airflow pool for this connection's tasks (default clio_<region>).",
+                        "description": (
+                            "Airflow pool for this connection's tasks (default clio_<region>, Manage: "
+                            "clio_manage_<region>). Manage counts its limit per token: give every further "
+                            "Manage connection its own pool."
+                        ),
                         "schema": {"type": ["string", "null"]},
+                    },
+                    "pool_size": {
+                        "label": "Pool slots (Manage)",
+                        "description": (
+                            "Manage only: the slots of this connection's pool. A task holding k slots paces "
+                            "at k/pool_size of the token's rate-limit budget (default 5)."
+                        ),
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
                     },
                 },
             }
         ],
         "cli": ["airflow_provider_clio.cli.definition.get_clio_cli_commands"],
     }
+
+
+__all__ = ["API_LABELS", "get_provider_info"]
