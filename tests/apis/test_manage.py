@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -26,6 +26,7 @@ from airflow_provider_clio.apis import get_api
 from airflow_provider_clio.apis.manage import API_VERSION, MANAGE, manage_list_query
 from airflow_provider_clio.auth import MemoryTokenStore
 from airflow_provider_clio.connection import ClioConfig
+from airflow_provider_clio.dates import parse_instant
 from airflow_provider_clio.exceptions import ClioBadRequestError, ClioConfigError, ClioFatalError
 from airflow_provider_clio.operators.extract import ClioExtractOperator, read_extract
 from airflow_provider_clio.token_budget import TokenBudgetPacer
@@ -33,7 +34,16 @@ from airflow_provider_clio.token_budget import TokenBudgetPacer
 CLIENT_ID, CLIENT_SECRET = "manage-app", "manage-app-secret-value"
 REFRESH_TOKEN = "manage-refresh-token-reused-forever"
 WINDOW = 1.0
-ACTIVITIES = [{"id": i, "note": f"Call {i}", "quantity": 360 * i, "etag": f'"e{i}"'} for i in range(1, 61)]
+ACTIVITIES = [
+    {
+        "id": i,
+        "note": f"Call {i}",
+        "quantity": 360 * i,
+        "etag": f'"e{i}"',
+        "updated_at": f"2026-03-01T{10 + i // 60}:{i % 60:02d}:00Z",
+    }
+    for i in range(1, 61)
+]
 PAGE = 5
 
 
@@ -229,7 +239,7 @@ class _Manage(ThreadingHTTPServer):
         if headers.get("Authorization", "").removeprefix("Bearer ") not in self.valid:
             return 401, rate, {"error": "invalid_token", "error_description": "The access token expired"}
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        if "offset" in query or set(query) - {"fields", "order", "page_token"}:
+        if "offset" in query or set(query) - {"fields", "order", "page_token", "updated_since"}:
             return 422, rate, _error("ArgumentError", f"unsupported parameters {sorted(query)}")
         if url.path == "/api/v4/users/who_am_i":
             return 200, rate, {"data": {"id": 1}}
@@ -242,11 +252,16 @@ class _Manage(ThreadingHTTPServer):
     def _page(self, query: dict[str, str]) -> dict[str, Any]:
         start = int(query.get("page_token", "0"))
         fields = query["fields"].split(",")
-        rows = [{f: a[f] for f in fields} for a in ACTIVITIES[start : start + PAGE]]
+        since = parse_instant(query.get("updated_since"), "updated_since")
+        # Manage's updated_since is strictly "after".
+        matching = [
+            a for a in ACTIVITIES if since is None or parse_instant(a["updated_at"], "updated_at") > since
+        ]
+        rows = [{f: a[f] for f in fields} for a in matching[start : start + PAGE]]
         nxt = None
-        if start + PAGE < len(ACTIVITIES):
+        if start + PAGE < len(matching):
             query = {**query, "page_token": str(start + PAGE)}
-            nxt = "https://app.clio.com/api/v4/activities?" + "&".join(f"{k}={v}" for k, v in query.items())
+            nxt = "https://app.clio.com/api/v4/activities?" + urlencode(query, safe="(),")
         page = start // PAGE + 1
         if page == self.expire_after_pages:
             self.valid.clear()  # the next request meets a 401; the hook refreshes with the same token
@@ -428,3 +443,33 @@ def test_the_cli_sizes_checks_and_authorizes_a_manage_connection(airflow_db: Pat
     assert url.startswith(f"{manage.url}/oauth/authorize?")  # the API's own host (the stub stands in)
     assert "scope=" not in url
     assert "the refresh token does not rotate" in authorized.stdout
+
+
+def test_an_incremental_load_into_sqlite_keeps_a_record_updated_at_the_intervals_start(
+    manage: _Manage, conn_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    from airflow_provider_clio.transfers.clio_to_sql import ClioToSqlOperator
+
+    warehouse = tmp_path / "warehouse.db"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MANAGE_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)})
+    )
+    ClioToSqlOperator(
+        task_id="load_activities",
+        clio_conn_id=conn_id,
+        endpoint="activities",
+        fields=["id", "note"],
+        updated_since="2026-03-01T10:51:00+00:00",  # exactly activity 51's updated_at
+        sql_conn_id="manage_warehouse",
+        table="clio_manage_activities",
+        token_store=MemoryTokenStore(),
+    ).execute({})
+
+    with closing(sqlite3.connect(warehouse)) as db:
+        rows = db.execute("SELECT id, note FROM clio_manage_activities ORDER BY id").fetchall()
+    # Manage's "after" would have dropped activity 51: the provider asked from one second earlier.
+    assert rows == [(i, f"Call {i}") for i in range(51, 61)]
+    assert parse_qs(urlsplit(manage.log[0][1]).query)["updated_since"] == ["2026-03-01T10:50:59+00:00"]
