@@ -15,6 +15,9 @@ Where the checkpoint lives:
 A checkpoint written for another extraction (different endpoint, fields, filters, interval or target) is
 ignored with a log line: resuming it would mix two different result sets.
 
+Inside a task the checkpoint also names the try that owns it, and every commit is fenced with that try
+number so a stale attempt cannot commit over a newer try's work (see :mod:`airflow_provider_clio.fencing`).
+
 The checkpoint is rewritten after every committed unit, so its size must not grow with the extraction: it
 holds counts and the sink's small state, never one entry per unit (the file writer keeps its list of parts
 beside the parts, see ``operators.writers``).
@@ -31,6 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_clio.exceptions import ClioAttemptSupersededError
+from airflow_provider_clio.fencing import claim_record, is_claim, refuse_if_superseded
 from airflow_provider_clio.storage import write_json_atomic
 
 if TYPE_CHECKING:
@@ -76,6 +81,7 @@ class Checkpoint:
     :param key: Identity of the extraction (endpoint, fields, params, interval, target); see :meth:`mismatch`.
     :param rate_limited: 429 answers seen by the tries so far, carried into the final summary.
     :param sink_state: What the sink must reuse on resume (e.g. the run's Parquet schema); small JSON.
+    :param owner: The try number of the attempt that saved it (``None`` outside a task); see ``fencing``.
     """
 
     token: str
@@ -87,6 +93,7 @@ class Checkpoint:
     rate_limited: int = 0
     sink_state: dict[str, Any] = field(default_factory=dict)
     version: int = CHECKPOINT_VERSION
+    owner: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -124,6 +131,9 @@ class Checkpoint:
         sink_state = data.get("sink_state") or {}
         if not isinstance(sink_state, dict):
             raise ValueError("checkpoint sink_state must be an object")
+        owner = data.get("owner")
+        if owner is not None and (not isinstance(owner, int) or isinstance(owner, bool)):
+            raise ValueError("checkpoint owner must be a try number or null")
         return cls(
             token=token,
             next_url=next_url,
@@ -133,6 +143,7 @@ class Checkpoint:
             key=dict(key),
             rate_limited=int(data.get("rate_limited", 0)),
             sink_state=dict(sink_state),
+            owner=owner,
         )
 
     def mismatch(self, key: Mapping[str, Any]) -> str | None:
@@ -281,28 +292,47 @@ def store_for_context(context: Context, fallback: Callable[[], CheckpointStore])
 
 class Checkpointer:
     """
-    Load, validate, save and clear the checkpoint of one extraction.
+    Load, validate, save and clear the checkpoint of one extraction, fenced by the try number.
 
     :param store: Where the checkpoint lives.
     :param key: Identity of the extraction; a saved checkpoint with another key is ignored.
+    :param owner: The running try's number (:func:`~airflow_provider_clio.fencing.attempt_of`); with it,
+        :meth:`resume` claims the store and every write first checks that no newer try owns it. ``None``
+        (outside a task): no fence.
     """
 
-    def __init__(self, store: CheckpointStore, key: Mapping[str, Any]) -> None:
+    def __init__(self, store: CheckpointStore, key: Mapping[str, Any], owner: int | None = None) -> None:
         self.store = store
         self.key = dict(key)
+        self.owner = owner
         self.abandoned: list[str] = []
         """Tokens of saved checkpoints this extraction will not resume (their output may be deleted)."""
+        self._claimed = False
 
     def resume(self) -> Checkpoint | None:
-        """Return the checkpoint to resume from, or ``None`` to start from the first page."""
+        """Return the checkpoint to resume from (``None``: start from the first page); claim it first."""
         try:
             raw = self.store.load()
         except Exception:
             log.warning(
                 "Could not read the checkpoint from %s; starting over", self.store.description, exc_info=True
             )
-            return None
-        if raw is None:
+            raw = None
+        if self.owner is not None:
+            refuse_if_superseded(raw, self.owner, False, self.store.description)
+        checkpoint = self._parse(raw)
+        if self.owner is not None:
+            # Before the first request: from now on an older attempt's commits are refused.
+            if checkpoint is not None:
+                checkpoint.owner = self.owner
+            claim = claim_record(self.owner, CHECKPOINT_VERSION)
+            self.store.save(claim if checkpoint is None else checkpoint.to_dict())
+            self._claimed = True
+            log.info("Try %d owns the checkpoint in %s", self.owner, self.store.description)
+        return checkpoint
+
+    def _parse(self, raw: Any) -> Checkpoint | None:
+        if raw is None or is_claim(raw):
             return None
         try:
             checkpoint = Checkpoint.from_dict(raw)
@@ -327,20 +357,39 @@ class Checkpointer:
         )
         return checkpoint
 
+    def check(self) -> None:
+        """
+        Raise ``ClioAttemptSupersededError`` when a newer try owns the checkpoint; call before each commit.
+
+        Reads the store (one round trip); does nothing outside a task.
+        """
+        if self.owner is not None:
+            refuse_if_superseded(self.store.load(), self.owner, self._claimed, self.store.description)
+
     def save(self, checkpoint: Checkpoint) -> None:
         """Persist ``checkpoint``; call only after the output it describes is durable."""
+        self.check()
         checkpoint.key = dict(self.key)
+        checkpoint.owner = self.owner
         self.store.save(checkpoint.to_dict())
 
     def abandon(self, checkpoint: Checkpoint) -> None:
         """Forget ``checkpoint`` without finishing it (e.g. its cursor expired) and remember its token."""
         self.abandoned.append(checkpoint.token)
-        self.clear()
+        if self.owner is None:
+            self.clear()
+            return
+        # Keep owning the store: the extraction starts over under this try.
+        self.check()
+        self.store.save(claim_record(self.owner, CHECKPOINT_VERSION))
 
     def clear(self) -> None:
-        """Forget the checkpoint once the extraction's output is committed."""
+        """Forget the checkpoint once the extraction's output is committed (never a newer try's)."""
         try:
+            self.check()
             self.store.clear()
+        except ClioAttemptSupersededError:
+            raise
         except Exception:
             # The output is already committed; a stale checkpoint is ignored later because its token is gone.
             log.warning("Could not clear the checkpoint in %s", self.store.description, exc_info=True)

@@ -140,6 +140,15 @@ class ClioPaginationError(ClioFatalError):
     """Raise when pagination loops or a ``next`` URL points away from the API host."""
 
 
+class ClioAttemptSupersededError(ClioFatalError):
+    """
+    Raise when a newer try of the task instance owns its checkpoint: this attempt stops without committing.
+
+    Nothing to fix: a timed-out or zombie attempt outlived the try Airflow started after it, and the newer
+    try carries the extraction on. Do not clear the task because of it.
+    """
+
+
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
     """Replace every known secret and every credential-looking value in ``text`` with ``***``."""
     for secret in sorted((s for s in secrets if s and len(s) >= _MIN_SECRET_CHARS), key=len, reverse=True):

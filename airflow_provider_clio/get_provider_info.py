@@ -8,8 +8,18 @@ from typing import Any
 from airflow_provider_clio import __version__
 from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
-API_LABELS = {"platform": "Clio Platform API (Grow)", "manage": "Clio Manage API v4"}
+__all__ = ["API_LABELS", "REGION_LABELS", "get_provider_info"]
+
+API_LABELS: dict[str, str] = {"platform": "Clio Platform API (Grow)", "manage": "Clio Manage API v4"}
 """The built-in APIs a connection may select, with the labels the connection form shows."""
+
+REGION_LABELS: dict[str, str] = {
+    "us": "United States (us)",
+    "ca": "Canada (ca)",
+    "eu": "Europe (eu)",
+    "au": "Australia (au)",
+}
+"""What the connection form's region select shows for each region code (the code is what is saved)."""
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -80,14 +90,22 @@ def get_provider_info() -> dict[str, Any]:
                             "Clio instance the application is registered in. Picks the API and OAuth "
                             "hosts and the Airflow pool clio_<region> (Manage: clio_manage_<region>)."
                         ),
-                        "schema": {"type": "string", "enum": list(REGIONS), "default": DEFAULT_REGION},
+                        # values_display is how Airflow 3's form (the DAG-params FlexibleForm) labels enum
+                        # choices; provider.yaml's schema allows extra keys inside "schema".
+                        "schema": {
+                            "type": "string",
+                            "enum": list(REGIONS),
+                            "values_display": {code: REGION_LABELS[code] for code in REGIONS},
+                            "default": DEFAULT_REGION,
+                        },
                     },
                     "refresh_token": {
                         "label": "Refresh token",
                         "description": (
-                            "OAuth refresh token from `airflow clio auth`. On the Platform API it rotates on "
-                            "every use (Manage's does not); the hook stores the newest one in an Airflow "
-                            "Variable."
+                            # The form shows descriptions as plain text: no Markdown backticks.
+                            "OAuth refresh token from the command airflow clio auth. On the Platform API it "
+                            "rotates on every use (Manage's does not); the hook stores the newest one in an "
+                            "Airflow Variable."
                         ),
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
@@ -98,10 +116,11 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "pool": {
                         "label": "Pool name",
+                        # The form saves an empty field as "pool": null; the hook reads null as the default.
                         "description": (
-                            "Airflow pool for this connection's tasks (default clio_<region>, Manage: "
-                            "clio_manage_<region>). Manage counts its limit per token: give every further "
-                            "Manage connection its own pool."
+                            "Airflow pool for this connection's tasks. Leave empty for clio_<region> "
+                            "(Manage: clio_manage_<region>). Manage counts its limit per token: give every "
+                            "further Manage connection its own pool."
                         ),
                         "schema": {"type": ["string", "null"]},
                     },
@@ -118,6 +137,3 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "cli": ["airflow_provider_clio.cli.definition.get_clio_cli_commands"],
     }
-
-
-__all__ = ["API_LABELS", "get_provider_info"]

@@ -1,14 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared test setup: an isolated AIRFLOW_HOME, the emulator fixtures, and the Postgres switch."""
+"""
+Shared test setup: an isolated AIRFLOW_HOME, the emulator fixtures, the Postgres switch, and the time budget.
+
+The slow real-process tests carry a group marker (``scheduler``, ``celery``, ``browser``, ``packaging``,
+``soak``). With ``CI=true`` they always run and a missing service fails them; elsewhere they are skipped
+with a one-line hint unless ``CLIO_RUN_SLOW=1`` (``CLIO_RUN_SLOW=1 make test``).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import urlsplit
 
 # Airflow reads its configuration at import time, so the isolated home must exist before any test module
 # imports airflow. Never touch the developer's ~/airflow.
@@ -31,11 +40,32 @@ import pytest  # noqa: E402
 pytest_plugins = ["airflow_provider_clio.testing.pytest_plugin"]
 
 POSTGRES_DSN_ENV = "CLIO_TEST_POSTGRES_DSN"
+REDIS_URL_ENV = "CLIO_TEST_REDIS_URL"
+RUN_SLOW_ENV = "CLIO_RUN_SLOW"
+REAL_PROCESS_GROUPS = ("scheduler", "celery", "browser", "packaging", "soak")
+"""Markers of the slow tests that start real processes (minutes each, see setup.cfg)."""
+RUN_SLOW_HINT = f"run them with {RUN_SLOW_ENV}=1 make test (CI=true always does)"
+
+
+def in_ci() -> bool:
+    """Tell whether this is a CI run (``.ci/run`` exports ``CI=true``)."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The time budget: a laptop's `make test` stays fast; CI and an explicit CLIO_RUN_SLOW=1 run everything.
+    if in_ci() or os.environ.get(RUN_SLOW_ENV, "").lower() in ("1", "true", "yes"):
+        return
+    for item in items:
+        groups = [name for name in REAL_PROCESS_GROUPS if item.get_closest_marker(name) is not None]
+        if groups:
+            reason = f"{'/'.join(groups)} test (real processes, slow): {RUN_SLOW_HINT}"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # CI always configures Postgres; a missing DSN there is a broken pipeline, not a reason to skip.
-    if os.environ.get("CI", "").lower() == "true" and not os.environ.get(POSTGRES_DSN_ENV):
+    if in_ci() and not os.environ.get(POSTGRES_DSN_ENV):
         raise pytest.UsageError(
             f"CI=true but {POSTGRES_DSN_ENV} is not set: the Postgres tests must run in CI, not be skipped."
         )
@@ -57,6 +87,42 @@ def postgres_dsn() -> str:
     if not dsn:
         pytest.skip(f"set {POSTGRES_DSN_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run")
     return dsn
+
+
+@pytest.fixture(scope="session")
+def require_service() -> Callable[[bool, str], None]:
+    """
+    Return ``require(available, what)``: a missing service or browser fails in CI, skips elsewhere.
+
+    .. code-block:: python
+
+        def test_ui(require_service):
+            require_service(shutil.which("chromium") is not None, "Debian's chromium")
+    """
+
+    def require(available: bool, what: str) -> None:
+        if available:
+            return
+        if in_ci():
+            pytest.fail(f"CI=true but {what} is missing: .ci/run must provide it", pytrace=False)
+        pytest.skip(f"{what} is missing")
+
+    return require
+
+
+@pytest.fixture(scope="session")
+def redis_url(require_service: Callable[[bool, str], None]) -> str:
+    """The URL of a Redis that answers PING (default ``redis://127.0.0.1:6379/0``, ``.ci/run`` starts it)."""
+    url = os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            alive = sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        alive = False
+    require_service(alive, f"Redis at {url} (set {REDIS_URL_ENV} or start redis-server)")
+    return url
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Checkpoints: round trip, validation, key matching, the stores, and task_state_store across real retries."""
+"""Checkpoints: round trip, validation, key matching, the stores, the try-number fence, real retries."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_clio.checkpoint import (
     CHECKPOINT_KEY,
+    CHECKPOINT_VERSION,
     Checkpoint,
     Checkpointer,
     FileCheckpointStore,
@@ -24,6 +25,7 @@ from airflow_provider_clio.checkpoint import (
     new_token,
     store_for_context,
 )
+from airflow_provider_clio.exceptions import ClioAttemptSupersededError
 
 KEY = {
     "endpoint": "grow/contacts",
@@ -204,3 +206,76 @@ def test_task_state_store_survives_a_real_retry(airflow_db: Path, support: Modul
     assert SEEN[1] == (2, _checkpoint().next_url)
     assert len(SEEN) == 2
     assert support.xcom_value(dag_run, "probe") == 400
+
+
+def test_a_try_claims_the_store_before_its_first_request() -> None:
+    store = MemoryCheckpointStore()
+    first = Checkpointer(store, KEY, owner=1)
+    assert first.resume() is None
+    assert store.value == {"version": CHECKPOINT_VERSION, "owner": 1}
+    first.save(_checkpoint())
+    assert store.value is not None
+    assert store.value["owner"] == 1
+
+    # Try 2 resumes try 1's checkpoint and owns it from then on; try 1's next commit is refused.
+    second = Checkpointer(store, KEY, owner=2)
+    resumed = second.resume()
+    assert resumed is not None
+    assert resumed.units == 1
+    assert store.value["owner"] == 2
+    with pytest.raises(ClioAttemptSupersededError, match="try 2 owns the checkpoint in memory"):
+        first.save(_checkpoint(units=2))
+    with pytest.raises(ClioAttemptSupersededError):
+        first.check()
+    with pytest.raises(ClioAttemptSupersededError):
+        first.clear()  # never the newer try's checkpoint
+    assert store.value["units"] == 1
+    second.save(_checkpoint(units=2))
+    assert store.value["units"] == 2
+
+    # Once try 2 finished and cleared it, a late try 1 finds its claim gone and still may not commit.
+    second.clear()
+    assert store.value is None
+    with pytest.raises(ClioAttemptSupersededError, match="is gone"):
+        first.save(_checkpoint(units=3))
+    assert store.value is None
+
+
+def test_a_stale_try_is_refused_at_its_start() -> None:
+    store = MemoryCheckpointStore()
+    Checkpointer(store, KEY, owner=3).resume()
+    with pytest.raises(ClioAttemptSupersededError, match="Try 2 of this task instance was superseded"):
+        Checkpointer(store, KEY, owner=2).resume()
+    assert store.value == {"version": CHECKPOINT_VERSION, "owner": 3}
+    # A rerun after a clear has a higher try number and starts over from the claim record.
+    assert Checkpointer(store, KEY, owner=4).resume() is None
+
+
+def test_abandoning_a_checkpoint_keeps_the_claim() -> None:
+    store = MemoryCheckpointStore()
+    Checkpointer(store, KEY, owner=1).save(_checkpoint())
+    checkpointer = Checkpointer(store, KEY, owner=2)
+    resumed = checkpointer.resume()
+    assert resumed is not None
+    checkpointer.abandon(resumed)
+    assert store.value == {"version": CHECKPOINT_VERSION, "owner": 2}
+    assert checkpointer.abandoned == [resumed.token]
+    checkpointer.save(_checkpoint(token="fresh"))  # still this try's to commit
+
+
+def test_outside_a_task_nothing_is_fenced() -> None:
+    store = MemoryCheckpointStore()
+    Checkpointer(store, KEY, owner=5).save(_checkpoint())
+    unfenced = Checkpointer(store, KEY)
+    assert unfenced.resume() is not None
+    unfenced.save(_checkpoint(units=7))
+    assert store.value is not None
+    assert store.value["owner"] is None
+    unfenced.clear()
+    assert store.value is None
+
+
+def test_a_checkpoint_owner_must_be_a_try_number() -> None:
+    with pytest.raises(ValueError, match="owner"):
+        Checkpoint.from_dict({**_checkpoint().to_dict(), "owner": "2"})
+    assert Checkpoint.from_dict({**_checkpoint().to_dict(), "owner": 2}).owner == 2

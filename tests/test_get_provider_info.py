@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 
 from airflow_provider_clio import __version__
-from airflow_provider_clio.get_provider_info import get_provider_info
+from airflow_provider_clio.get_provider_info import REGION_LABELS, get_provider_info
+from airflow_provider_clio.regions import REGIONS
 
 
 def _airflow_schema(name: str) -> dict:
@@ -59,6 +60,31 @@ def test_providers_manager_discovers_the_connection_form():
     widgets = {name for name in pm.connection_form_widgets if name.startswith("extra__clio__")}
     assert {"extra__clio__region", "extra__clio__refresh_token", "extra__clio__requests_per_slot"} <= widgets
     assert pm.connection_form_widgets["extra__clio__refresh_token"].is_sensitive
+
+
+def test_form_texts_are_plain_text():
+    # Airflow 3's form renders conn-field descriptions as plain text, so Markdown would show literally.
+    (conn_type,) = get_provider_info()["connection-types"]
+    fields = conn_type["conn-fields"].values()
+    texts = [text for field in fields for text in (field["label"], field["description"])]
+    for group in ("relabeling", "placeholders"):
+        texts += conn_type["ui-field-behaviour"][group].values()
+    assert texts
+    assert not [text for text in texts if "`" in text or "**" in text]
+
+
+def test_region_choices_carry_readable_labels_through_the_ui_api():
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    (meta,) = [meta for meta in HookMetaService.hook_meta_data() if meta.connection_type == "clio"]
+    region = meta.extra_fields["region"]
+    assert region["schema"]["enum"] == list(REGIONS)
+    assert region["schema"]["values_display"] == REGION_LABELS
+    assert set(REGION_LABELS) == set(REGIONS)
+    assert region["schema"]["title"] == "Region"
+    assert region["value"] == "us"
+    assert meta.standard_fields.port.hidden
+    assert meta.standard_fields.url_schema.hidden
 
 
 @pytest.mark.parametrize("module", ["hooks", "operators", "sensors", "triggers"])

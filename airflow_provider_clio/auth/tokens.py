@@ -90,6 +90,9 @@ class TokenManager:
         ``False`` a response without ``refresh_token`` keeps the old one and no refresh race can strand it.
     :param parse_error: Reads ``(error_code, message)`` from the token endpoint's error bodies.
     :param save_retry_delays: Waits before each new attempt to save a rotated pair after a failed save.
+    :param max_race_waits: Lost refresh races on one stored token that count as a race (retryable); the next
+        one is a broken chain that needs a person (:class:`ClioAuthError`), so a task does not spend all its
+        retries on a revoked token.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class TokenManager:
         rotates_refresh_token: bool = True,
         parse_error: ErrorParser = parse_error_body,
         save_retry_delays: Sequence[float] = SAVE_RETRY_DELAYS,
+        max_race_waits: int = 3,
     ) -> None:
         self.conn_id = conn_id
         self.client_id = client_id
@@ -121,6 +125,8 @@ class TokenManager:
         self.invalid_grant_wait = invalid_grant_wait
         self.poll_interval = poll_interval
         self.rotates_refresh_token = rotates_refresh_token
+        self.max_race_waits = max_race_waits
+        self._race_waits: dict[str, int] = {}
         self._chain = TokenChain(
             conn_id=conn_id, store=store, initial=initial, sleep=sleep, save_retry_delays=save_retry_delays
         )
@@ -353,7 +359,15 @@ class TokenManager:
         self, message: str, *, status_code: int, tried: set[str], shared: str | None
     ) -> ClioAuthError | ClioTokenRaceError:
         hint = REAUTHORIZE_HINT.format(conn_id=self.conn_id)
-        if self.rotates_refresh_token and shared is not None and shared in tried:
+        if shared is not None:
+            self._race_waits[shared] = self._race_waits.get(shared, 0) + 1
+        lost_races = self._race_waits.get(shared, 0) if shared is not None else 0
+        if (
+            self.rotates_refresh_token
+            and shared is not None
+            and shared in tried
+            and lost_races < self.max_race_waits
+        ):
             # Clio rejected the token every worker reads from the store: the usual cause is another worker
             # that refreshed with it first and has not stored the rotated pair yet. Let the task retry.
             return ClioTokenRaceError(
@@ -365,9 +379,12 @@ class TokenManager:
                 status_code=status_code,
                 endpoint=ENDPOINT,
             )
+        # A winner saves its rotated pair within seconds; a stored token still dead after several waits means
+        # the chain broke (a process killed between Clio's rotation and its save): retrying cannot help.
+        waited = f" after {lost_races} waits" if lost_races > 1 else ""
         return ClioAuthError(
             f"Clio rejected the refresh token of connection {self.conn_id!r} (invalid_grant: {message}) "
-            "and no newer token appeared in the token store. " + hint,
+            f"and no newer token appeared in the token store{waited}. " + hint,
             status_code=status_code,
             endpoint=ENDPOINT,
         )

@@ -19,7 +19,8 @@ API_PREFIX = "/grow"
 class RequestRecord:
     """One request as the emulator saw it.
 
-    :param t: monotonic arrival time, taken when the request line was parsed (before any injected delay).
+    :param t: monotonic arrival time, taken when the request was parsed: after the injected inbound
+        latency, before any slow fault or response delay.
     :param wall: arrival time in epoch seconds.
     :param method: HTTP method.
     :param path: URL path without the query.
@@ -30,6 +31,8 @@ class RequestRecord:
     :param resource: API resource (``contacts`` ...), None for other paths.
     :param page_token: the ``page_token`` parameter, if any.
     :param fault: injected fault (``outage``, ``error``, ``drop``, ``slow``, ``truncate``) or None.
+    :param api: ``"platform"`` (``/grow``), ``"manage"`` (``/api/v4`` and Manage apps' OAuth) or None.
+    :param token_id: Manage: a digest of the access token (its rate-limit key), never the token itself.
     """
 
     t: float
@@ -43,6 +46,8 @@ class RequestRecord:
     resource: str | None = None
     page_token: str | None = None
     fault: str | None = None
+    api: str | None = None
+    token_id: str | None = None
 
     @property
     def is_api(self) -> bool:

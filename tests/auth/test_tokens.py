@@ -719,3 +719,32 @@ def test_four_processes_without_a_shared_lock_recover_from_invalid_grant(airflow
     assert clio.api_status(final.access_token) == 200
     print(f"variable-store race: 1 successful refresh, {losers} invalid_grant recovered")
     _assert_no_secret_in_logs(worker_logs, [clio.client_secret, initial.refresh_token, final.refresh_token])
+
+
+def test_a_stored_token_that_stays_dead_ends_the_task_instead_of_burning_its_retries(clio):
+    # The soak test's finding: a process killed between Clio's rotation and its save leaves a revoked token in
+    # the store for good. The first waits are a possible race (retryable); after max_race_waits the same dead
+    # token is a broken chain, and the error says a person must authorize again.
+    conn_id = "clio_broken_chain"
+    r1 = clio.fresh().refresh_token
+    store = MemoryTokenStore({conn_id: TokenSet(None, r1, None)})
+    tm = clio.manager(
+        store,
+        TokenSet(None, "", None),
+        conn_id=conn_id,
+        sleep=lambda _s: None,
+        invalid_grant_wait=1.0,
+        poll_interval=0.5,
+        max_race_waits=3,
+    )
+    assert clio.direct_refresh(r1).status_code == 200  # rotated by a process that died before saving
+
+    for _ in range(2):
+        with pytest.raises(ClioTokenRaceError):
+            tm.access_token()
+    with pytest.raises(ClioAuthError, match="after 3 waits") as excinfo:
+        tm.access_token()
+    assert not isinstance(excinfo.value, ClioRetryableError)
+    assert "airflow clio auth --conn-id clio_broken_chain" in str(excinfo.value)
+    assert r1 not in str(excinfo.value)
+    assert clio.token_calls(400) == 1  # the dead token was presented once only

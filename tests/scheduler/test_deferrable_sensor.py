@@ -36,7 +36,7 @@ import requests
 from cryptography.fernet import Fernet
 
 from airflow_provider_clio.testing import ClioEmulator, RequestRecord
-from airflow_provider_clio.testing.deployment import TRIGGERER, AirflowDeployment
+from dev.deployment import TRIGGERER, AirflowDeployment
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_clio.testing import ClioEmulator, RequestRecord
-from airflow_provider_clio.testing.deployment import AirflowDeployment, TaskSpan, concurrency_profile
+from dev.deployment import AirflowDeployment, TaskSpan, concurrency_profile
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -14,14 +14,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.scheduler, pytest.mark.timeout(300)]
 
 # A page or two per task (200 records a page): the run is seconds, start-up and stop are most of the test.
 RECORDS = {"contacts": 300, "matters": 200, "activities": 300}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_loads_every_record_without_a_429(tmp_path: Path) -> None:
     work = tmp_path / "demo"
     records = ",".join(f"{resource}={n}" for resource, n in RECORDS.items())
-    command = [sys.executable, "-m", "airflow_provider_clio.testing.demo", "--dir", str(work)]
+    command = [sys.executable, "-m", "dev.demo", "--dir", str(work)]
     result = subprocess.run(
         [*command, "--records", records],
+        cwd=REPO,  # as `make demo` runs it: `dev` is a folder of the repository, not of the package
         capture_output=True,
         text=True,
         timeout=240,

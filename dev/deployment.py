@@ -5,13 +5,17 @@ Run real Airflow components on an isolated ``AIRFLOW_HOME`` and stop them withou
 :class:`AirflowDeployment` is what the scheduler tests and ``make demo`` use to see pools do their job:
 it starts ``airflow api-server`` (the tasks' execution API), ``airflow scheduler`` and
 ``airflow dag-processor`` (and, on request, ``airflow triggerer``) as subprocesses with a SQLite metadata
-database and the LocalExecutor, runs ``airflow`` CLI commands, reads the metadata database, and on
-:meth:`~AirflowDeployment.stop` ends every component, worker and task runner, killing by pid what SIGTERM
-left behind. It never imports Airflow itself, so the calling process keeps its own ``AIRFLOW_HOME`` untouched.
+database (or any SQLAlchemy URL, e.g. Postgres) and the LocalExecutor, runs ``airflow`` CLI commands, reads
+the metadata database, and on :meth:`~AirflowDeployment.stop` ends every component, worker and task runner,
+killing by pid what SIGTERM left behind. :meth:`~AirflowDeployment.kill` ends one component's whole process
+tree with SIGKILL, as a failed machine would. It never imports Airflow itself, so the calling process keeps
+its own ``AIRFLOW_HOME`` untouched (:mod:`dev.celery_deployment` adds the CeleryExecutor on top).
+
+Over 400 lines: one supervisor of processes, CLI helpers and metadata reads that its callers use together.
 
 .. code-block:: python
 
-    from airflow_provider_clio.testing.deployment import AirflowDeployment
+    from dev.deployment import AirflowDeployment
 
     conn = dict([emu.connection_env("clio_default")])
     with AirflowDeployment(home=tmp / "airflow", dags=Path("dags"), env_extra=conn) as af:
@@ -28,10 +32,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -44,6 +48,9 @@ from types import TracebackType
 from typing import Any
 
 import psutil
+import sqlalchemy
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import NullPool
 
 __all__ = [
     "TRIGGERER",
@@ -82,11 +89,13 @@ class Component:
     :param name: Label in logs and failure messages.
     :param process: The ``airflow <component>`` process, leader of its own process group.
     :param log: File holding its stdout and stderr.
+    :param killed: Set by :meth:`AirflowDeployment.kill`: its death is intended, not a failure.
     """
 
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    killed: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,11 +159,11 @@ def concurrency_profile(spans: Sequence[TaskSpan]) -> tuple[int, list[tuple[floa
     return peak, segments
 
 
-def parse_db_time(value: str | None) -> float | None:
-    """Return epoch seconds of a timestamp as SQLAlchemy stores it in SQLite (naive values are UTC)."""
+def parse_db_time(value: str | datetime | None) -> float | None:
+    """Return epoch seconds of a timestamp as SQLite (text) or Postgres (datetime) gives it; naive is UTC."""
     if not value:
         return None
-    parsed = datetime.fromisoformat(value)
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
@@ -167,6 +176,26 @@ def tail(path: Path, lines: int = 60) -> str:
     except OSError as err:
         return f"<cannot read {path}: {err}>"
     return "\n".join(text[-lines:])
+
+
+def read_only_url(database_url: str) -> str:
+    """Return the URL this harness reads a metadata database with: SQLite read-only, others as given."""
+    if database_url.startswith("sqlite:///"):
+        return f"sqlite:///file:{database_url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+    return database_url
+
+
+def bind_params(sql: str, params: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
+    """Turn a query with ``?`` placeholders into a SQLAlchemy statement and its named parameters."""
+    names = iter(range(len(params)))
+    statement = re.sub(r"\?", lambda _: f":p{next(names)}", sql)
+    return sqlalchemy.text(statement), {f"p{i}": value for i, value in enumerate(params)}
+
+
+def _transient(err: sa_exc.DBAPIError) -> bool:
+    """Tell whether a read failed only because a writer holds SQLite or the schema is not migrated yet."""
+    text = str(err.orig)
+    return any(sign in text for sign in ("locked", "no such table", "does not exist"))
 
 
 def free_port() -> int:
@@ -196,6 +225,7 @@ class AirflowDeployment:
     :param home: The ``AIRFLOW_HOME`` (created; holds ``airflow.db``, ``airflow.cfg``, task logs).
     :param dags: The dags folder.
     :param env_extra: Extra environment for every Airflow process.
+    :param database_url: SQLAlchemy URL of the metadata database, default SQLite ``<home>/airflow.db``.
     :param logs: Folder for the components' stdout and stderr, default ``<home>/component-logs``.
     :param port: Port of the api-server, default a free loopback port.
     :param parallelism: ``[core] parallelism``: task slots of the executor, beyond any pool's.
@@ -214,6 +244,7 @@ class AirflowDeployment:
         parallelism: int = 8,
         stop_timeout: float = 20.0,
         ready_timeout: float = 120.0,
+        database_url: str | None = None,
     ) -> None:
         self.home = Path(home)
         self.dags = Path(dags)
@@ -226,6 +257,8 @@ class AirflowDeployment:
         self.airflow = self.bin / "airflow"
         self._interpreter = os.path.realpath(sys.executable)
         self.db = self.home / "airflow.db"
+        self.database_url = database_url or f"sqlite:///{self.db}"
+        self._engine: sqlalchemy.engine.Engine | None = None
         self.logs = Path(logs) if logs is not None else self.home / "component-logs"
         self.components: list[Component] = []
         self.helpers: list[subprocess.Popen[str]] = []
@@ -259,7 +292,7 @@ class AirflowDeployment:
                 # standalone-style pitfall: every component and task runner must find this venv's airflow.
                 "PATH": f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
                 "AIRFLOW_HOME": str(self.home),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db}",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
@@ -298,10 +331,11 @@ class AirflowDeployment:
             "commands": [list(c) for c in commands],
             "wait_for_dag": wait_for_dag,
             "timeout": self.ready_timeout,
-            "db": str(self.db),
+            "db_url": read_only_url(self.database_url),
         }
         process = subprocess.Popen(
-            [sys.executable, "-m", __name__, json.dumps(spec)],
+            # By path, not ``-m``: the repository root (holding ``dev``) is not on the helper's sys.path.
+            [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
             env=self.env,
             cwd=self.home,
             stdout=subprocess.PIPE,
@@ -338,18 +372,19 @@ class AirflowDeployment:
 
     # -- components ------------------------------------------------------------------------------
 
-    def start(self, name: str, *args: str) -> Component:
+    def start(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Component:
         """
         Start ``airflow <args>`` in a new session (its own process group), logging to ``<logs>/<name>.log``.
 
         :param name: Label of the component and its log file.
         :param args: Arguments of ``airflow``, e.g. ``("scheduler", "--skip-serve-logs")``.
+        :param env: Environment of this component only, on top of :attr:`env`.
         """
         log = self.logs / f"{name}.log"
         with open(log, "wb") as handle:
             process = subprocess.Popen(
                 [str(self.airflow), *args],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=self.home,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -373,10 +408,10 @@ class AirflowDeployment:
         return started
 
     def check_alive(self) -> None:
-        """Fail at once (not at a timeout) when a component died."""
+        """Fail at once (not at a timeout) when a component died (unless :meth:`kill` ended it)."""
         for component in self.components:
             code = component.process.poll()
-            if code is not None:
+            if code is not None and not component.killed:
                 raise AirflowDeploymentError(
                     f"airflow {component.name} exited with {code} (log: {component.log})"
                 )
@@ -415,23 +450,33 @@ class AirflowDeployment:
 
     # -- metadata database -----------------------------------------------------------------------
 
+    @property
+    def engine(self) -> sqlalchemy.engine.Engine:
+        """Return the engine reading the metadata database (SQLite read-only; no pooled connection kept)."""
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(read_only_url(self.database_url), poolclass=NullPool)
+        return self._engine
+
     @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """Open the metadata database read-only (the components keep writing to it)."""
-        connection = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
-        try:
+    def connect(self) -> Iterator[sqlalchemy.engine.Connection]:
+        """Open a connection to the metadata database for reading (the components keep writing to it)."""
+        with self.engine.connect() as connection:
             yield connection
-        finally:
-            connection.close()
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Run a read query, retrying while a writer holds the database or the schema is not there yet."""
+        """
+        Run a read query with ``?`` placeholders, retrying while SQLite is locked or the schema is missing.
+
+        :param sql: The query, e.g. ``"SELECT slots FROM slot_pool WHERE pool = ?"``.
+        :param params: One value per ``?``.
+        """
+        statement, bound = bind_params(sql, params)
         for _ in range(20):
             try:
                 with self.connect() as connection:
-                    return connection.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) and "no such table" not in str(err):
+                    return [tuple(row) for row in connection.execute(statement, bound)]
+            except sa_exc.DBAPIError as err:
+                if not _transient(err):
                     raise
                 time.sleep(0.2)
         raise AirflowDeploymentError(f"metadata database stayed locked for: {sql}")
@@ -493,6 +538,37 @@ class AirflowDeployment:
         ]
 
     # -- stopping --------------------------------------------------------------------------------
+
+    def kill(self, component: Component) -> list[int]:
+        """
+        SIGKILL a component and every process it started, as a failed machine would; return their pids.
+
+        The component's process group gets SIGKILL, and so does the group of each descendant: task runners put
+        themselves in their own group, so killing the component's group alone would leave them running.
+        :meth:`check_alive` no longer counts the component.
+
+        :param component: A component of this deployment.
+        """
+        component.killed = True
+        try:
+            root = psutil.Process(component.process.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        groups = {component.process.pid}
+        for proc in tree:
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(proc.pid))
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(tree, timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            component.process.wait(timeout=5)
+        return [proc.pid for proc in tree]
 
     def _ours(self, proc: psutil.Process) -> bool:
         """Tell whether a process outside the components' trees belongs to this deployment."""
@@ -583,6 +659,8 @@ class AirflowDeployment:
         for component in self.components:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 component.process.wait(timeout=5)
+        if self._engine is not None:
+            self._engine.dispose()
         return killed
 
     def dump_logs(self, lines: int = 60, task_lines: int = 40) -> str:
@@ -608,20 +686,22 @@ def _run_cli(spec: Mapping[str, Any]) -> None:
     from airflow.__main__ import main
 
     if spec["wait_for_dag"]:
+        engine = sqlalchemy.create_engine(spec["db_url"], poolclass=NullPool)
+        sql = "SELECT 1 FROM serialized_dag WHERE dag_id = ?"
+        statement, bound = bind_params(sql, [spec["wait_for_dag"]])
         deadline = time.monotonic() + spec["timeout"]
         while time.monotonic() < deadline:
-            db = sqlite3.connect(f"file:{spec['db']}?mode=ro", uri=True, timeout=10)
             try:
-                sql = "SELECT 1 FROM serialized_dag WHERE dag_id = ?"
-                if db.execute(sql, (spec["wait_for_dag"],)).fetchall():
-                    break
-            except sqlite3.OperationalError:
-                pass  # the table may not be readable yet
-            finally:
-                db.close()
+                with engine.connect() as connection:
+                    if connection.execute(statement, bound).first() is not None:
+                        break
+            except sa_exc.DBAPIError as err:
+                if not _transient(err):
+                    raise
             time.sleep(0.2)
         else:
             raise SystemExit(f"DAG {spec['wait_for_dag']} was not parsed within {spec['timeout']} s")
+        engine.dispose()
     for command in spec["commands"]:
         print("$ airflow", *command, flush=True)
         sys.argv = ["airflow", *command]

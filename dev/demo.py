@@ -32,7 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from airflow_provider_clio.testing.deployment import (
+from dev.deployment import (
     AirflowDeployment,
     AirflowDeploymentError,
     TaskSpan,
@@ -467,7 +467,7 @@ class Demo:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return the process exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_clio.testing.demo",
+        prog="python -m dev.demo",
         description=__doc__.strip().splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("--dir", default=".demo", help="working folder, recreated (default: .demo)")
@@ -478,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dags-folder",
-        default=str(Path(__file__).resolve().parents[2] / "dags"),
+        default=str(Path(__file__).resolve().parents[1] / "dags"),
         help="the folder holding clio_incremental_warehouse (default: the repository's dags/)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds the DAG run may take")

@@ -1,0 +1,498 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The design on a real CeleryExecutor deployment: two workers, two regions, a deferred sensor, a dead worker.
+
+The test creates a fresh Postgres database (metadata database and Celery result backend), empties Redis
+database 7 (the broker), starts the emulator (3 requests per sliding second per application and region),
+then ``airflow api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` and two ``airflow celery worker``
+processes (``worker-a`` and ``worker-b``, 3 pool processes each, each in its own process group and recording
+its own name as the task instances' hostname). Pools ``clio_us`` and ``clio_eu`` come from
+``airflow clio pools`` (3 slots, deferred tasks counted). One connection per region (``clio_us``,
+``clio_eu``).
+
+The generated DAG: six ``ClioExtractOperator`` tasks, three per region (1 slot = 1 request/s each), and a
+deferrable ``ClioRecordsSensor`` in ``clio_eu`` that waits for touched ``sources``; all of them upstream of
+``extract_activities`` (``clio_us``, 3 slots = 3 requests/s, 90 pages, a part file and a checkpoint every
+2 pages, 2 retries). Once the sensor is deferred the test touches three sources. Once
+``extract_activities`` runs and its checkpoint holds 10 committed pages, the test SIGKILLs the process group
+of the worker running it (and the task runner's own group: the whole machine "dies"). The scheduler fails
+the silent task instance after the heartbeat timeout (lowered to 10 s); its second try runs on the other
+worker.
+
+It asserts: the run succeeds; every output holds exactly the emulator's records, once; the emulator never
+answered 429 and never saw more than 3 requests in any sliding second per region; the second try ran on the
+worker that was not killed, requested exactly the pages after the last committed checkpoint (never the first
+page, never a committed page) and says so in its XCom (``resumed``). Utilisation and timings are printed,
+not asserted: the machine is shared. Needs Redis (``CLIO_TEST_REDIS_URL``, database 7 is used) and Postgres
+(``CLIO_TEST_POSTGRES_ADMIN_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+
+Over 400 lines: one end-to-end scenario; its probes, kill, evidence and report only make sense together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_clio.testing import ClioEmulator, RequestRecord
+from dev.celery_deployment import CeleryDeployment, flush_redis, redis_db_url, scratch_postgres_database
+from dev.deployment import TRIGGERER, TaskSpan, concurrency_profile
+
+pytestmark = [pytest.mark.celery, pytest.mark.slow, pytest.mark.timeout(600)]
+
+POSTGRES_ADMIN_ENV = "CLIO_TEST_POSTGRES_ADMIN_URL"
+POSTGRES_ADMIN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_DB = 7
+"""Redis database of the broker, emptied at the start (the queue name is random per run as well)."""
+
+RATE_LIMIT = 3
+POOL_SLOTS = 3
+PAGE_SIZE = 50
+DAG_ID = "clio_celery_deployment"
+WORKERS = ("worker-a", "worker-b")
+WORKER_CONCURRENCY = 3
+HEARTBEAT_TIMEOUT = 10
+
+SENSOR = "wait_for_eu_sources"
+SINCE = datetime(2026, 7, 1, tzinfo=timezone.utc)  # after every seeded updated_at: nothing matches at first
+TOUCHED = (2, 5, 8)
+
+LONG = "extract_activities"
+LONG_PAGES = 90
+LONG_RECORDS_PER_FILE = 2 * PAGE_SIZE  # a part file, then a checkpoint, every 2 pages
+KILL_AFTER_PAGES = 10
+"""The worker is killed once the long extraction's checkpoint holds at least this many pages."""
+
+STARTUP_TIMEOUT = 180.0
+RUN_TIMEOUT = 360.0
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """
+    One extraction task of the generated DAG.
+
+    :param task_id: Task id, also the output folder's name.
+    :param region: Region, hence connection ``clio_<region>`` and pool ``clio_<region>``.
+    :param resource: Emulator resource read (``grow/<resource>``).
+    :param fields: ``fields`` selection, ``None`` for all fields.
+    :param pool_slots: Slots held, i.e. requests per second.
+    """
+
+    task_id: str
+    region: str
+    resource: str
+    fields: str | None = None
+    pool_slots: int = 1
+
+
+EXTRACTIONS = (
+    Extraction("us_contacts", "us", "contacts"),
+    Extraction("us_matters", "us", "matters"),
+    Extraction("us_users", "us", "users"),
+    Extraction("eu_contacts", "eu", "contacts", "id,name,updated_at"),
+    Extraction("eu_matters", "eu", "matters", "id,updated_at"),
+    Extraction("eu_users", "eu", "users"),
+)
+KILLED = Extraction(LONG, "us", "activities", pool_slots=POOL_SLOTS)
+RECORDS = {
+    "contacts": 10 * PAGE_SIZE,
+    "matters": 8 * PAGE_SIZE,
+    "users": 6 * PAGE_SIZE,
+    "sources": 2 * PAGE_SIZE,
+    "activities": LONG_PAGES * PAGE_SIZE,
+}
+
+
+DAG_TEMPLATE = '''\
+"""Generated by tests/scheduler/test_celery_deployment.py: two regions, a deferred sensor, a long task."""
+
+from __future__ import annotations
+
+import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_clio.operators.extract import ClioExtractOperator
+from airflow_provider_clio.sensors.clio import ClioRecordsSensor
+
+RETRIES = dict(retries=2, retry_delay=datetime.timedelta(seconds=1), retry_exponential_backoff=0)
+
+with DAG(
+    dag_id={dag_id!r},
+    schedule=None,
+    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    catchup=False,
+    max_active_tasks=16,
+):
+    first = [
+        ClioRecordsSensor(
+            task_id={sensor!r},
+            clio_conn_id="clio_eu",
+            region="eu",
+            endpoint="grow/sources",
+            updated_since={since!r},
+            deferrable=True,
+            poke_interval=2,
+            timeout=240,
+            retries=0,
+        )
+    ]
+    for task_id, region, resource, fields, slots, records_per_file in {tasks!r}:
+        task = ClioExtractOperator(
+            task_id=task_id,
+            clio_conn_id=f"clio_{{region}}",
+            region=region,
+            endpoint=f"grow/{{resource}}",
+            fields=fields,
+            destination=f"file://{out}/{{task_id}}",
+            pool_slots=slots,
+            records_per_file=records_per_file,
+            **RETRIES,
+        )
+        if task_id == {long!r}:
+            first >> task
+        else:
+            first.append(task)
+'''
+
+
+def _manifest_records(destination: Path) -> list[dict[str, Any]]:
+    """Read a committed output the way a consumer must: through its manifest."""
+    manifest = json.loads((destination / "_manifest.json").read_text())
+    rows: list[dict[str, Any]] = []
+    for entry in manifest["files"]:
+        with open(destination / entry["path"], encoding="utf-8") as handle:
+            part = [json.loads(line) for line in handle if line.strip()]
+        assert len(part) == entry["records"]
+        rows.extend(part)
+    return rows
+
+
+def _expected(emu: ClioEmulator, extraction: Extraction) -> list[dict[str, Any]]:
+    records = emu.records(extraction.resource)
+    if extraction.fields is None:
+        return records
+    names = extraction.fields.split(",")
+    return [{name: record[name] for name in names} for record in records]
+
+
+def _json(value: Any) -> Any:
+    """Decode a JSON column as either database returns it (text in SQLite, decoded already in Postgres)."""
+    while isinstance(value, (str, bytes)):
+        value = json.loads(value)
+    return value
+
+
+def _postgres_reachable(url: str) -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(url, connect_timeout=3).close()
+    except psycopg2.Error:
+        return False
+    return True
+
+
+class Probe:
+    """Read the state of the DAG run's task instances from the metadata database."""
+
+    def __init__(self, deployment: CeleryDeployment) -> None:
+        self.deployment = deployment
+
+    def task(self, task_id: str) -> tuple[str | None, int, str | None]:
+        """Return ``(state, try_number, hostname)`` of a task instance."""
+        rows = self.deployment.query(
+            "SELECT state, try_number, hostname FROM task_instance WHERE dag_id = ? AND task_id = ?",
+            DAG_ID,
+            task_id,
+        )
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else (None, 0, None)
+
+    def checkpoint(self, task_id: str) -> dict[str, Any] | None:
+        """Return the extraction checkpoint a task saved in the task state store, if any."""
+        rows = self.deployment.query(
+            "SELECT value FROM task_state_store WHERE dag_id = ? AND task_id = ? AND key = ?",
+            DAG_ID,
+            task_id,
+            "clio_checkpoint",
+        )
+        return dict(_json(rows[0][0])) if rows else None
+
+    def xcom(self, task_id: str) -> dict[str, Any]:
+        """Return a task's ``return_value`` XCom."""
+        rows = self.deployment.query(
+            "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = ?",
+            DAG_ID,
+            task_id,
+            "return_value",
+        )
+        assert rows, f"no XCom from {task_id}"
+        return dict(_json(rows[0][0]))
+
+    def history(self, task_id: str) -> list[tuple[int, str | None, str | None]]:
+        """Return ``(try_number, state, hostname)`` of the earlier tries of a task instance."""
+        rows = self.deployment.query(
+            "SELECT try_number, state, hostname FROM task_instance_history WHERE dag_id = ? AND task_id = ?",
+            DAG_ID,
+            task_id,
+        )
+        return sorted((int(t), s, h) for t, s, h in rows)
+
+
+@dataclass
+class KillRecord:
+    """
+    What the test saw around the kill.
+
+    :param worker: The worker killed (the one running try 1).
+    :param at: When SIGKILL was sent, epoch seconds.
+    :param dead: When every process of the worker was gone, epoch seconds.
+    :param pids: Processes killed.
+    :param committed_pages: Pages try 1 committed, from its checkpoint once the scheduler noticed the death.
+    :param noticed: When the task instance stopped being ``running``, epoch seconds.
+    :param retried: When try 2 was ``running``, epoch seconds.
+    """
+
+    worker: str
+    at: float
+    dead: float
+    pids: int
+    committed_pages: int
+    noticed: float
+    retried: float
+
+
+def _kill_mid_extraction(deployment: CeleryDeployment, probe: Probe) -> KillRecord:
+    """Wait for a committed checkpoint of the long extraction, SIGKILL its worker, follow the retry."""
+    state: tuple[str | None, int, str | None] = (None, 0, None)
+
+    def running_with_checkpoint() -> bool:
+        nonlocal state
+        state = probe.task(LONG)
+        saved = probe.checkpoint(LONG) if state[0] == "running" and state[2] else None
+        return saved is not None and saved["pages"] >= KILL_AFTER_PAGES
+
+    deployment.wait_for(f"{LONG} to commit a checkpoint", running_with_checkpoint, RUN_TIMEOUT, 0.2)
+    worker = str(state[2])
+    assert worker in deployment.workers, f"{LONG} ran on an unknown host {worker!r}"
+    at = time.time()
+    pids = deployment.kill(deployment.workers[worker])
+    dead = time.time()
+    deployment.wait_for(
+        f"the scheduler to notice {worker} died", lambda: probe.task(LONG)[0] != "running", 120
+    )
+    noticed = time.time()
+    # Try 1's last checkpoint: any write in flight at the kill has landed by now, and try 2 has not started.
+    saved = probe.checkpoint(LONG)
+    assert saved is not None
+    deployment.wait_for(f"try 2 of {LONG} to start", lambda: probe.task(LONG)[:2] == ("running", 2), 120)
+    return KillRecord(worker, at, dead, len(pids), int(saved["pages"]), noticed, time.time())
+
+
+def _resume_evidence(emu: ClioEmulator, kill: KillRecord) -> tuple[list[RequestRecord], list[RequestRecord]]:
+    """Return the long extraction's API requests of try 1 and try 2; assert try 2 resumed exactly."""
+    requests = [r for r in emu.requests if r.is_api and r.resource == KILLED.resource]
+    # Try 2 cannot send anything before the heartbeat timeout: no request lands near this boundary.
+    before = [r for r in requests if r.wall < kill.dead]
+    after = [r for r in requests if r.wall >= kill.dead]
+    committed = kill.committed_pages
+    assert len(before) > committed >= KILL_AFTER_PAGES
+    # Try 2 read exactly the pages after the checkpoint: not the first page, not any committed page...
+    assert all(r.page_token for r in after), "try 2 requested the first page again"
+    assert not {r.page_token for r in after} & {r.page_token for r in before[:committed]}
+    assert len(after) == LONG_PAGES - committed
+    # ...and started at the first page try 1 had not committed.
+    assert after[0].page_token == before[committed].page_token
+    return before, after
+
+
+def _resume_log_line(deployment: CeleryDeployment) -> str:
+    """Return what try 2's task log says about the checkpoint it resumed from (printed as evidence)."""
+    for log in (deployment.home / "logs").glob(f"**/task_id={LONG}/**/attempt=2*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if "checkpoint" in line.lower():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    return str(json.loads(line)["event"])  # structured task logs are JSON lines
+                return line.strip()[:300]
+    return "<no checkpoint line in the log of try 2>"
+
+
+def _utilisation(region: str, requests: Sequence[RequestRecord], spans: Sequence[TaskSpan]) -> str:
+    """Describe how a region's budget was used during the two-region phase (printed, never asserted)."""
+    times = [r.wall for r in requests if r.region == region and r.status == 200]
+    seconds = max(times) - min(times) if len(times) > 1 else 0.0
+    used = len(times) / (RATE_LIMIT * seconds) if seconds else 0.0
+    peak, _ = concurrency_profile([s for s in spans if s.pool == f"clio_{region}"])
+    return (
+        f"  {region}: {len(times)} admitted requests in {seconds:.1f} s from first to last = "
+        f"{used:.2f} of {RATE_LIMIT}/s; max tasks running at once in clio_{region}: {peak}"
+    )
+
+
+def _start(deployment: CeleryDeployment) -> dict[str, float]:
+    """Migrate, create the pools, start every component and both workers, trigger the run; return timings."""
+    started = time.monotonic()
+    output = deployment.run(
+        ("db", "migrate"), ("clio", "pools", "--region", "us,eu"), timeout=STARTUP_TIMEOUT
+    )
+    migrated = time.monotonic() - started
+    pools = deployment.query(
+        "SELECT pool, slots, include_deferred FROM slot_pool WHERE pool LIKE ?", "clio_%"
+    )
+    assert sorted((p, s, bool(d)) for p, s, d in pools) == [
+        ("clio_eu", POOL_SLOTS, True),
+        ("clio_us", POOL_SLOTS, True),
+    ], output
+    deployment.start_components(extra=[TRIGGERER])
+    for name in WORKERS:
+        deployment.start_worker(name, WORKER_CONCURRENCY)
+    trigger = deployment.cli(("dags", "unpause", DAG_ID), ("dags", "trigger", DAG_ID), wait_for_dag=DAG_ID)
+    deployment.wait_ready(STARTUP_TIMEOUT)
+    deployment.finish(trigger, STARTUP_TIMEOUT)
+    return {"migrate_s": migrated, "startup_s": time.monotonic() - started}
+
+
+def test_celery_deployment_holds_the_limit_and_survives_a_dead_worker(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    tmp_path: Path,
+    redis_url: str,
+    require_service: Callable[[bool, str], None],
+) -> None:
+    started = time.monotonic()
+    admin_url = os.environ.get(POSTGRES_ADMIN_ENV, POSTGRES_ADMIN_DEFAULT)
+    require_service(_postgres_reachable(admin_url), f"Postgres at {admin_url} (set {POSTGRES_ADMIN_ENV})")
+    broker = redis_db_url(redis_url, REDIS_DB)
+    flush_redis(broker)
+    emu = clio_emulator_factory(rate_limit=RATE_LIMIT, page_size=PAGE_SIZE, records=RECORDS)
+    assert not [r for r in emu.records("sources") if datetime.fromisoformat(r["updated_at"]) >= SINCE]
+    home, dags, out = tmp_path / "airflow", tmp_path / "dags", tmp_path / "out"
+    for folder in (home, dags, out):
+        folder.mkdir()
+    tasks = [
+        (
+            e.task_id,
+            e.region,
+            e.resource,
+            e.fields,
+            e.pool_slots,
+            LONG_RECORDS_PER_FILE if e is KILLED else 5000,
+        )
+        for e in (*EXTRACTIONS, KILLED)
+    ]
+    (dags / f"{DAG_ID}.py").write_text(
+        DAG_TEMPLATE.format(
+            dag_id=DAG_ID, sensor=SENSOR, since=SINCE.isoformat(), tasks=tasks, out=out, long=LONG
+        )
+    )
+    conns = dict(emu.connection_env(f"clio_{region}", region=region) for region in ("us", "eu"))
+
+    with scratch_postgres_database(admin_url) as database_url:
+        deployment = CeleryDeployment(
+            home,
+            dags,
+            conns,
+            database_url=database_url,
+            broker_url=broker,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            parallelism=16,
+            ready_timeout=STARTUP_TIMEOUT,
+        )
+        probe = Probe(deployment)
+        try:
+            figures = _start(deployment)
+            deployment.wait_for(
+                f"{SENSOR} to defer", lambda: probe.task(SENSOR)[0] == "deferred", RUN_TIMEOUT
+            )
+            emu.touch("sources", TOUCHED, at=SINCE + timedelta(hours=1))
+            kill = _kill_mid_extraction(deployment, probe)
+            state = deployment.wait_for_dag_run(DAG_ID, RUN_TIMEOUT)
+            figures["run_s"] = time.monotonic() - started - figures["startup_s"]
+        except BaseException:
+            deployment.stop()
+            print(deployment.dump_logs())
+            raise
+        stop_started = time.monotonic()
+        killed_after_sigterm = deployment.stop()
+        figures["stop_s"] = time.monotonic() - stop_started
+        try:
+            _check(deployment, probe, emu, out, state, kill, figures, started, killed_after_sigterm)
+        except BaseException:
+            print(deployment.dump_logs())
+            raise
+
+
+def _check(
+    deployment: CeleryDeployment,
+    probe: Probe,
+    emu: ClioEmulator,
+    out: Path,
+    state: str,
+    kill: KillRecord,
+    figures: dict[str, float],
+    started: float,
+    killed_after_sigterm: list[str],
+) -> None:
+    """Assert the run's outcome and print the measured figures."""
+    assert state == "success", f"DAG run ended {state}"
+    assert deployment.processes() == [], "processes survived the stop"
+    requests = [r for r in emu.requests if r.is_api]
+    spans = deployment.task_spans(DAG_ID)
+    hosts = {
+        task_id: probe.task(task_id) for task_id in [SENSOR, *(e.task_id for e in (*EXTRACTIONS, KILLED))]
+    }
+    assert {task_id: s for task_id, (s, _, _) in hosts.items()} == dict.fromkeys(hosts, "success")
+
+    # Exact outputs: every record exactly once, the killed and resumed one included.
+    for extraction in (*EXTRACTIONS, KILLED):
+        rows = _manifest_records(out / extraction.task_id)
+        assert rows == _expected(emu, extraction), extraction.task_id
+        assert len({row["id"] for row in rows}) == len(rows), extraction.task_id
+    assert len([p for p in (out / LONG).iterdir() if p.name.startswith("run=")]) == 1
+
+    # The rate limit held in both regions, through the kill and the retry.
+    assert emu.count(status=429) == 0
+    windows = {region: emu.max_requests_in_window(region=region) for region in ("us", "eu")}
+    assert max(windows.values()) <= RATE_LIMIT, windows
+
+    # Try 2 ran on the other worker and resumed from try 1's checkpoint.
+    _, tries, host = hosts[LONG]
+    assert (tries, host) == (2, deployment.other_worker(kill.worker))
+    assert [(t, h) for t, _, h in probe.history(LONG)] == [(1, kill.worker)]
+    before, after = _resume_evidence(emu, kill)
+    summary = probe.xcom(LONG)
+    assert summary["resumed"] is True, summary
+    assert summary["resumed_parts"] >= 1, summary
+    assert summary["records"] == LONG_PAGES * PAGE_SIZE
+
+    phase = [s for s in spans if s.task_id != LONG]
+    two_regions = [r for r in requests if r.resource != KILLED.resource]
+    total = time.monotonic() - started
+    lines = [
+        "",
+        f"CeleryExecutor deployment: {len(WORKERS)} workers x {WORKER_CONCURRENCY}, Postgres, Redis",
+        f"  startup {figures['startup_s']:.1f} s (db migrate + pools {figures['migrate_s']:.1f} s), "
+        f"run {figures['run_s']:.1f} s, stop {figures['stop_s']:.1f} s, total {total:.1f} s; "
+        f"killed by pid after SIGTERM: {len(killed_after_sigterm)}",
+        f"  {len(requests)} API requests, 429s {emu.count(status=429)}, max per sliding 1 s {windows}",
+        f"  two-region phase {max(s.end for s in phase) - min(s.start for s in phase):.1f} s; "
+        "tasks per worker: " + ", ".join(f"{t}@{h}" for t, (_, _, h) in sorted(hosts.items()) if t != LONG),
+        *(_utilisation(region, two_regions, phase) for region in ("us", "eu")),
+        f"  kill: SIGKILL {kill.worker} ({kill.pids} processes, gone in {kill.dead - kill.at:.1f} s) after "
+        f"{kill.committed_pages} committed pages; noticed after {kill.noticed - kill.at:.1f} s "
+        f"(heartbeat timeout {HEARTBEAT_TIMEOUT} s); try 2 running on {host} "
+        f"after {kill.retried - kill.at:.1f} s",
+        f"  resume: try 1 requested {len(before)} pages, try 2 {len(after)} (= {LONG_PAGES} - "
+        f"{kill.committed_pages} committed; {len(before) - kill.committed_pages} uncommitted read again)",
+        f"  XCom resumed={summary['resumed']} resumed_parts={summary['resumed_parts']} "
+        f"records={summary['records']}; try 2 log: {_resume_log_line(deployment)}",
+    ]
+    print("\n".join(lines))
