@@ -219,7 +219,15 @@ class ClioHook(BaseHook):
     def pacer(self) -> Pacer:
         """The API's pacer for this application, region and rate (shared within the process)."""
         config = self.config
-        request = PacerRequest(config.client_id, config.region, self.rate, clock=self._clock)
+        request = PacerRequest(
+            config.client_id,
+            config.region,
+            self.rate,
+            clock=self._clock,
+            pool_slots=self.pool_slots,
+            pool_size=config.pool_size,
+            pool=config.pool,
+        )
         # The rate this task may send at; summed over a region's tasks it is the share of the limit in use.
         # Achieved utilisation is rate(clio.requests) / limit (docs/priority-and-alerts.md), not a gauge:
         # a per-process gauge would be overwritten by whichever worker reported last.
@@ -380,7 +388,7 @@ class ClioHook(BaseHook):
         if start_url is not None:
             url: str | None = tracker.resolve(start_url, what="start URL")
         else:
-            url, first_params = self.config.urls.endpoint(endpoint), query
+            url, first_params = self.config.urls.endpoint(endpoint), self.config.api.list_query(query)
         progress = _Progress(self, label)
         while url is not None:
             if first_params is None:
@@ -505,6 +513,8 @@ class ClioHook(BaseHook):
     ) -> requests.Response:
         """Pool check → prepare (bearer token) → pacer (API calls) → send → pacer observes the response."""
         self._check_pool()
+        # The API's own headers (a pinned version) go to the API only, not to the OAuth token endpoint.
+        headers = {**(self.config.api.headers if api else {}), **(headers or {})}
         prepared = self._prepare(
             method, url, label=label, params=params, data=data, headers=headers, token=token
         )
@@ -604,7 +614,7 @@ class ClioHook(BaseHook):
         return classify(
             response,
             label=label,
-            parse_error=self.config.api.parse_error,
+            parse_error=self.config.api.error_parser(response.status_code),
             secrets=self._secrets(),
             allow_not_modified=allow_not_modified,
         )
