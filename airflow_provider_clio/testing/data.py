@@ -5,6 +5,8 @@ Only two small integer arrays per resource live in memory (``created_at`` and ``
 microseconds since the epoch); every other field is derived on demand from ``(seed, resource, id)``.
 That keeps startup and memory cheap for hundreds of thousands of records. Record ids are ``1..n``
 ascending; records added at run time continue the sequence.
+
+(Just over 400 lines: the schemas, the store and the record generators describe one data set.)
 """
 
 from __future__ import annotations
@@ -17,13 +19,19 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from airflow_provider_clio.testing.timeline import (
+    SECOND_US,
+    append_stamps,
+    format_timestamp,
+    now_us,
+    to_microseconds,
+)
+
 __all__ = [
     "DEFAULT_RECORDS",
     "RESOURCES",
     "SCHEMAS",
     "RecordStore",
-    "format_timestamp",
-    "to_microseconds",
 ]
 
 # Generated timestamps are spread over this half-year (UTC), as the contract promises.
@@ -31,8 +39,6 @@ _START_US = int(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).time
 _END_US = (
     int(datetime.datetime(2026, 6, 30, 23, 59, 59, tzinfo=datetime.timezone.utc).timestamp()) * 1_000_000
 )
-_SECOND_US = 1_000_000
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 DEFAULT_RECORDS: Mapping[str, int] = {
     "contacts": 1000,
@@ -145,11 +151,6 @@ _ACTIVITY_NOTES = ("Client call", "Draft motion", "Review documents", "Court app
 _FIRM = "Emulated Law LLP"
 
 
-def format_timestamp(us: int) -> str:
-    """Format microseconds since the epoch as ISO-8601 with a UTC offset (``2026-03-01T12:00:00+00:00``)."""
-    return (_EPOCH + datetime.timedelta(microseconds=us)).isoformat()
-
-
 def _rng(seed: int, resource: str, record_id: int) -> random.Random:
     # String seeding hashes with SHA-512, so records are identical across processes and Python runs.
     return random.Random(f"{seed}:{resource}:{record_id}")
@@ -197,9 +198,9 @@ class RecordStore:
         updated: array[int] = array("q", bytes(8 * n))
         for i in range(n):
             # Whole seconds, created_at ascending with the id, updated_at between created_at and the end.
-            c = _START_US + int((i + rand()) * step) // _SECOND_US * _SECOND_US
+            c = _START_US + int((i + rand()) * step) // SECOND_US * SECOND_US
             created[i] = c
-            updated[i] = c + int(rand() * (_END_US - c)) // _SECOND_US * _SECOND_US
+            updated[i] = c + int(rand() * (_END_US - c)) // SECOND_US * SECOND_US
         return created, updated
 
     # -- size and timestamps -------------------------------------------------------------------
@@ -229,7 +230,7 @@ class RecordStore:
                     updated[record_id - 1] = to_microseconds(at)
                 else:
                     # A bare touch must change the ETag even when called twice in one second.
-                    updated[record_id - 1] = max(_now_us(), updated[record_id - 1] + _SECOND_US)
+                    updated[record_id - 1] = max(now_us(), updated[record_id - 1] + SECOND_US)
 
     def delete(self, resource: str, ids: Iterable[int]) -> None:
         """Delete existing records: lists and reads no longer return them; their ids are never reused."""
@@ -241,14 +242,8 @@ class RecordStore:
 
     def add(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
         """Append ``n`` new records created and updated at ``at`` (default: now); return their ids."""
-        if n < 0:
-            raise ValueError("n must be >= 0")
-        stamp = to_microseconds(at) if at is not None else _now_us() // _SECOND_US * _SECOND_US
-        with self._lock:
-            first = len(self._updated[resource]) + 1
-            self._created[resource].extend([stamp] * n)
-            self._updated[resource].extend([stamp] * n)
-        return list(range(first, first + n))
+        stamp = to_microseconds(at) if at is not None else now_us() // SECOND_US * SECOND_US
+        return append_stamps(self._lock, self._created[resource], self._updated[resource], n, stamp)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -421,15 +416,3 @@ _GENERATORS: Mapping[str, Callable[[RecordStore, int], dict[str, Any]]] = {
     "users": RecordStore._user,
     "sources": RecordStore._source,
 }
-
-
-def to_microseconds(at: datetime.datetime) -> int:
-    """Return an aware datetime as microseconds since the epoch."""
-    if at.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    delta = at - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * _SECOND_US + delta.microseconds
-
-
-def _now_us() -> int:
-    return to_microseconds(datetime.datetime.now(datetime.timezone.utc))

@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from airflow_provider_clio.testing.data import format_timestamp, to_microseconds
+from airflow_provider_clio.testing.timeline import append_stamps, format_timestamp, to_microseconds
 
 __all__ = [
     "MANAGE_DEFAULT_RECORDS",
@@ -141,14 +141,8 @@ class ManageStore:
 
     def add(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
         """Append ``n`` records created and updated at ``at`` (default: now); return their ids."""
-        if n < 0:
-            raise ValueError("n must be >= 0")
         stamp = to_microseconds(at or datetime.datetime.now(datetime.timezone.utc)) // _S * _S
-        with self._lock:
-            first = len(self._updated[resource]) + 1
-            self._created[resource].extend([stamp] * n)
-            self._updated[resource].extend([stamp] * n)
-        return list(range(first, first + n))
+        return append_stamps(self._lock, self._created[resource], self._updated[resource], n, stamp)
 
     def scan(
         self,
