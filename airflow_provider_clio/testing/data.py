@@ -5,8 +5,6 @@ Only two small integer arrays per resource live in memory (``created_at`` and ``
 microseconds since the epoch); every other field is derived on demand from ``(seed, resource, id)``.
 That keeps startup and memory cheap for hundreds of thousands of records. Record ids are ``1..n``
 ascending; records added at run time continue the sequence.
-
-(Just over 400 lines: the schemas, the store and the record generators describe one data set.)
 """
 
 from __future__ import annotations
@@ -14,14 +12,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import random
-import threading
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from airflow_provider_clio.testing.timeline import (
     SECOND_US,
-    append_stamps,
+    TimelineStore,
     format_timestamp,
     now_us,
     to_microseconds,
@@ -156,7 +153,7 @@ def _rng(seed: int, resource: str, record_id: int) -> random.Random:
     return random.Random(f"{seed}:{resource}:{record_id}")
 
 
-class RecordStore:
+class RecordStore(TimelineStore):
     """Hold the records of every resource: timestamps in arrays, other fields derived on demand.
 
     Thread-safe: mutations and scans take one lock, record rendering needs none.
@@ -175,10 +172,8 @@ class RecordStore:
             raise ValueError(f"unknown resources {sorted(unknown)}; known: {list(RESOURCES)}")
         self.seed = seed
         self.updated_since_inclusive = updated_since_inclusive
-        self._lock = threading.Lock()
+        super().__init__()
         self._deleted: dict[str, set[int]] = {resource: set() for resource in RESOURCES}
-        self._created: dict[str, array[int]] = {}
-        self._updated: dict[str, array[int]] = {}
         # Counts at construction: nested references point into this range, so adding records later
         # never changes an existing record.
         self._initial: dict[str, int] = {}
@@ -205,17 +200,9 @@ class RecordStore:
 
     # -- size and timestamps -------------------------------------------------------------------
 
-    def count(self, resource: str) -> int:
-        """Return how many records ``resource`` has now."""
-        return len(self._updated[resource])
-
     def exists(self, resource: str, record_id: int) -> bool:
         """Tell whether ``resource`` has a record with this id (not deleted)."""
         return 1 <= record_id <= len(self._updated[resource]) and record_id not in self._deleted[resource]
-
-    def updated_us(self, resource: str, record_id: int) -> int:
-        """Return the record's ``updated_at`` in microseconds since the epoch."""
-        return self._updated[resource][record_id - 1]
 
     # -- mutation ------------------------------------------------------------------------------
 
@@ -239,11 +226,6 @@ class RecordStore:
                 if not self.exists(resource, record_id):
                     raise KeyError(f"{resource} has no record {record_id}")
                 self._deleted[resource].add(record_id)
-
-    def add(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
-        """Append ``n`` new records created and updated at ``at`` (default: now); return their ids."""
-        stamp = to_microseconds(at) if at is not None else now_us() // SECOND_US * SECOND_US
-        return append_stamps(self._lock, self._created[resource], self._updated[resource], n, stamp)
 
     # -- queries -------------------------------------------------------------------------------
 

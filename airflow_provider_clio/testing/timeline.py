@@ -11,7 +11,7 @@ import datetime
 import threading
 from array import array
 
-__all__ = ["SECOND_US", "append_stamps", "format_timestamp", "now_us", "to_microseconds"]
+__all__ = ["SECOND_US", "TimelineStore", "format_timestamp", "now_us", "to_microseconds"]
 
 SECOND_US = 1_000_000
 """Microseconds in a second: record timestamps are whole seconds."""
@@ -37,21 +37,36 @@ def now_us() -> int:
     return to_microseconds(datetime.datetime.now(datetime.timezone.utc))
 
 
-def append_stamps(
-    lock: threading.Lock, created: array[int], updated: array[int], n: int, stamp: int
-) -> list[int]:
-    """Append ``n`` records created and updated at ``stamp`` to one resource's timeline; return their ids.
+class TimelineStore:
+    """What both record stores share: per resource, ``created_at`` and ``updated_at`` arrays, one lock.
 
-    :param lock: the store's lock, held while both arrays grow.
-    :param created: the resource's ``created_at`` array.
-    :param updated: the resource's ``updated_at`` array.
-    :param n: how many records to add (>= 0).
-    :param stamp: their ``created_at`` and ``updated_at``, microseconds since the epoch.
+    Ids are ``1..count``: record ``i`` sits at index ``i - 1`` of both arrays; added records follow the last.
     """
-    if n < 0:
-        raise ValueError("n must be >= 0")
-    with lock:
-        first = len(updated) + 1
-        created.extend([stamp] * n)
-        updated.extend([stamp] * n)
-    return list(range(first, first + n))
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._created: dict[str, array[int]] = {}
+        self._updated: dict[str, array[int]] = {}
+
+    def count(self, resource: str) -> int:
+        """Return how many records ``resource`` has now."""
+        return len(self._updated[resource])
+
+    def updated_us(self, resource: str, record_id: int) -> int:
+        """Return the record's ``updated_at`` in microseconds since the epoch."""
+        return self._updated[resource][record_id - 1]
+
+    def add(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
+        """Append ``n`` new records created and updated at ``at`` (default: now); return their ids."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        stamp = self._added_stamp(at)
+        with self._lock:
+            first = len(self._updated[resource]) + 1
+            self._created[resource].extend([stamp] * n)
+            self._updated[resource].extend([stamp] * n)
+        return list(range(first, first + n))
+
+    def _added_stamp(self, at: datetime.datetime | None) -> int:
+        """Return the stamp of records :meth:`add` creates at ``at``: now, in whole seconds, by default."""
+        return to_microseconds(at) if at is not None else now_us() // SECOND_US * SECOND_US
