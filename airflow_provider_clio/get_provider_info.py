@@ -49,64 +49,70 @@ def get_provider_info() -> dict[str, Any]:
                 "python-module": "airflow_provider_clio.transfers.clio_to_sql",
             }
         ],
-        "connection-types": [
-            {
-                "connection-type": "clio",
-                "hook-class-name": "airflow_provider_clio.hooks.clio.ClioHook",
-                "hook-name": "Clio",
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port"],
-                    "relabeling": {
-                        "login": "OAuth client id (App Key)",
-                        "password": "OAuth client secret",
-                        "host": "Base URL override (optional)",
-                    },
-                    "placeholders": {
-                        "login": "Client id from the Clio developer portal",
-                        "password": "Client secret",
-                        "host": "Leave empty for Clio; e.g. http://127.0.0.1:8765 for the emulator",
-                    },
-                },
-                "conn-fields": {
-                    "region": {
-                        "label": "Region",
-                        "description": (
-                            "Clio instance the application is registered in. Picks the API and OAuth "
-                            "hosts and the Airflow pool clio_<region>."
-                        ),
-                        # values_display is how Airflow 3's form (the DAG-params FlexibleForm) labels enum
-                        # choices; provider.yaml's schema allows extra keys inside "schema".
-                        "schema": {
-                            "type": "string",
-                            "enum": list(REGIONS),
-                            "values_display": {code: REGION_LABELS[code] for code in REGIONS},
-                            "default": DEFAULT_REGION,
-                        },
-                    },
-                    "refresh_token": {
-                        "label": "Refresh token",
-                        "description": (
-                            # The form shows descriptions as plain text: no Markdown backticks.
-                            "OAuth refresh token from the command airflow clio auth. It rotates on every "
-                            "use; the hook stores the newest one in an Airflow Variable."
-                        ),
-                        "schema": {"type": ["string", "null"], "format": "password"},
-                    },
-                    "requests_per_slot": {
-                        "label": "Requests per second per pool slot",
-                        "description": "Request rate one slot of the region pool is worth (default 1.0).",
-                        "schema": {"type": ["number", "null"], "minimum": 0.01, "default": 1.0},
-                    },
-                    "pool": {
-                        "label": "Pool name",
-                        # The form saves an empty field as "pool": null; the hook reads null as the default.
-                        "description": (
-                            "Airflow pool for this connection's tasks. Leave empty for clio_<region>."
-                        ),
-                        "schema": {"type": ["string", "null"]},
-                    },
-                },
-            }
-        ],
+        "connection-types": [_connection_type()],
         "cli": ["airflow_provider_clio.cli.definition.get_clio_cli_commands"],
+    }
+
+
+def _connection_type() -> dict[str, Any]:
+    """Return the ``clio`` connection type: the hook, the form's labels and its extra fields."""
+    return {
+        "connection-type": "clio",
+        "hook-class-name": "airflow_provider_clio.hooks.clio.ClioHook",
+        "hook-name": "Clio",
+        "ui-field-behaviour": {
+            "hidden-fields": ["schema", "port"],
+            "relabeling": {
+                "login": "OAuth client id (App Key)",
+                "password": "OAuth client secret",
+                "host": "Base URL override (optional)",
+            },
+            "placeholders": {
+                "login": "Client id from the Clio developer portal",
+                "password": "Client secret",
+                "host": "Leave empty for Clio; e.g. http://127.0.0.1:8765 for the emulator",
+            },
+        },
+        "conn-fields": _conn_fields(),
+    }
+
+
+def _conn_fields() -> dict[str, Any]:
+    """Return the connection form's extra fields (saved in the connection's extra)."""
+    return {
+        "region": {
+            "label": "Region",
+            "description": (
+                "Clio instance the application is registered in. Picks the API and OAuth "
+                "hosts and the Airflow pool clio_<region>."
+            ),
+            # values_display is how Airflow 3's form (the DAG-params FlexibleForm) labels enum
+            # choices; provider.yaml's schema allows extra keys inside "schema".
+            "schema": {
+                "type": "string",
+                "enum": list(REGIONS),
+                "values_display": {code: REGION_LABELS[code] for code in REGIONS},
+                "default": DEFAULT_REGION,
+            },
+        },
+        "refresh_token": {
+            "label": "Refresh token",
+            "description": (
+                # The form shows descriptions as plain text: no Markdown backticks.
+                "OAuth refresh token from the command airflow clio auth. It rotates on every "
+                "use; the hook stores the newest one in an Airflow Variable."
+            ),
+            "schema": {"type": ["string", "null"], "format": "password"},
+        },
+        "requests_per_slot": {
+            "label": "Requests per second per pool slot",
+            "description": "Request rate one slot of the region pool is worth (default 1.0).",
+            "schema": {"type": ["number", "null"], "minimum": 0.01, "default": 1.0},
+        },
+        "pool": {
+            "label": "Pool name",
+            # The form saves an empty field as "pool": null; the hook reads null as the default.
+            "description": "Airflow pool for this connection's tasks. Leave empty for clio_<region>.",
+            "schema": {"type": ["string", "null"]},
+        },
     }
