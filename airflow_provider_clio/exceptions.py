@@ -15,6 +15,29 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+__all__ = [
+    "MAX_MESSAGE_CHARS",
+    "REDACTED",
+    "ClioAttemptSupersededError",
+    "ClioAuthError",
+    "ClioBadRequestError",
+    "ClioConfigError",
+    "ClioError",
+    "ClioFatalError",
+    "ClioNotFoundError",
+    "ClioPaginationError",
+    "ClioPermissionError",
+    "ClioRateLimitError",
+    "ClioRetryableError",
+    "ClioTokenRaceError",
+    "ClioTransientError",
+    "error_for_status",
+    "error_message",
+    "parse_error_body",
+    "scrub",
+    "truncate",
+]
+
 MAX_MESSAGE_CHARS = 500
 """Server messages are cut to this length before they reach an exception or a log line."""
 

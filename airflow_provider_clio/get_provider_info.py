@@ -8,6 +8,74 @@ from typing import Any
 from airflow_provider_clio import __version__
 from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
+
+def _conn_fields() -> dict[str, Any]:
+    """The connection form's extra fields (stored in ``Connection.extra`` under these names)."""
+    return {
+        "api": {
+            "label": "API",
+            "description": (
+                "Which Clio API this connection's application and tokens belong to; each has "
+                "its own developer application per region."
+            ),
+            "schema": {
+                "type": "string",
+                "enum": list(API_LABELS),
+                "values_display": API_LABELS,
+                "default": "platform",
+            },
+        },
+        "region": {
+            "label": "Region",
+            "description": (
+                "Clio instance the application is registered in. Picks the API and OAuth "
+                "hosts and the Airflow pool clio_<region> (Manage: clio_manage_<region>)."
+            ),
+            # values_display is how Airflow 3's form (the DAG-params FlexibleForm) labels enum
+            # choices; provider.yaml's schema allows extra keys inside "schema".
+            "schema": {
+                "type": "string",
+                "enum": list(REGIONS),
+                "values_display": {code: REGION_LABELS[code] for code in REGIONS},
+                "default": DEFAULT_REGION,
+            },
+        },
+        "refresh_token": {
+            "label": "Refresh token",
+            "description": (
+                # The form shows descriptions as plain text: no Markdown backticks.
+                "OAuth refresh token from the command airflow clio auth. On the Platform API it "
+                "rotates on every use (Manage's does not); the hook stores the newest one in an "
+                "Airflow Variable."
+            ),
+            "schema": {"type": ["string", "null"], "format": "password"},
+        },
+        "requests_per_slot": {
+            "label": "Requests per second per pool slot",
+            "description": "Request rate one slot of the region pool is worth (default 1.0).",
+            "schema": {"type": ["number", "null"], "minimum": 0.01, "default": 1.0},
+        },
+        "pool": {
+            "label": "Pool name",
+            # The form saves an empty field as "pool": null; the hook reads null as the default.
+            "description": (
+                "Airflow pool for this connection's tasks. Leave empty for clio_<region> "
+                "(Manage: clio_manage_<region>). Manage counts its limit per token: give every "
+                "further Manage connection its own pool."
+            ),
+            "schema": {"type": ["string", "null"]},
+        },
+        "pool_size": {
+            "label": "Pool slots (Manage)",
+            "description": (
+                "Manage only: the slots of this connection's pool. A task holding k slots paces "
+                "at k/pool_size of the token's rate-limit budget (default 5)."
+            ),
+            "schema": {"type": ["integer", "null"], "minimum": 1},
+        },
+    }
+
+
 __all__ = ["API_LABELS", "REGION_LABELS", "get_provider_info"]
 
 API_LABELS: dict[str, str] = {"platform": "Clio Platform API (Grow)", "manage": "Clio Manage API v4"}
@@ -70,69 +138,7 @@ def get_provider_info() -> dict[str, Any]:
                         "host": "Leave empty for Clio; e.g. http://127.0.0.1:8765 for the emulator",
                     },
                 },
-                "conn-fields": {
-                    "api": {
-                        "label": "API",
-                        "description": (
-                            "Which Clio API this connection's application and tokens belong to; each has "
-                            "its own developer application per region."
-                        ),
-                        "schema": {
-                            "type": "string",
-                            "enum": list(API_LABELS),
-                            "values_display": API_LABELS,
-                            "default": "platform",
-                        },
-                    },
-                    "region": {
-                        "label": "Region",
-                        "description": (
-                            "Clio instance the application is registered in. Picks the API and OAuth "
-                            "hosts and the Airflow pool clio_<region> (Manage: clio_manage_<region>)."
-                        ),
-                        # values_display is how Airflow 3's form (the DAG-params FlexibleForm) labels enum
-                        # choices; provider.yaml's schema allows extra keys inside "schema".
-                        "schema": {
-                            "type": "string",
-                            "enum": list(REGIONS),
-                            "values_display": {code: REGION_LABELS[code] for code in REGIONS},
-                            "default": DEFAULT_REGION,
-                        },
-                    },
-                    "refresh_token": {
-                        "label": "Refresh token",
-                        "description": (
-                            # The form shows descriptions as plain text: no Markdown backticks.
-                            "OAuth refresh token from the command airflow clio auth. On the Platform API it "
-                            "rotates on every use (Manage's does not); the hook stores the newest one in an "
-                            "Airflow Variable."
-                        ),
-                        "schema": {"type": ["string", "null"], "format": "password"},
-                    },
-                    "requests_per_slot": {
-                        "label": "Requests per second per pool slot",
-                        "description": "Request rate one slot of the region pool is worth (default 1.0).",
-                        "schema": {"type": ["number", "null"], "minimum": 0.01, "default": 1.0},
-                    },
-                    "pool": {
-                        "label": "Pool name",
-                        # The form saves an empty field as "pool": null; the hook reads null as the default.
-                        "description": (
-                            "Airflow pool for this connection's tasks. Leave empty for clio_<region> "
-                            "(Manage: clio_manage_<region>). Manage counts its limit per token: give every "
-                            "further Manage connection its own pool."
-                        ),
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "pool_size": {
-                        "label": "Pool slots (Manage)",
-                        "description": (
-                            "Manage only: the slots of this connection's pool. A task holding k slots paces "
-                            "at k/pool_size of the token's rate-limit budget (default 5)."
-                        ),
-                        "schema": {"type": ["integer", "null"], "minimum": 1},
-                    },
-                },
+                "conn-fields": _conn_fields(),
             }
         ],
         "cli": ["airflow_provider_clio.cli.definition.get_clio_cli_commands"],

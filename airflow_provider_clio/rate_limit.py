@@ -7,6 +7,8 @@ slots equal the limit, and a task holding ``k`` slots paces itself at ``k * requ
 running tasks' rates never add up to more than the limit. Inside one process :class:`RateLimiter` does the
 pacing, shared by every hook of the same application and region (:func:`shared_limiter`). Each API's spec
 builds the pacer its hooks use (:attr:`ApiSpec.make_pacer <airflow_provider_clio.apis.ApiSpec.make_pacer>`).
+
+(Just over 400 lines: most of it is the limiter's own account of its spacing and window guard.)
 """
 
 from __future__ import annotations
@@ -322,21 +324,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_REGISTRY.clear)
 
 
-def shared_limiter(
-    client_id: str,
-    region: str,
-    rate: float,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    safety: float = DEFAULT_SAFETY,
-) -> RateLimiter:
-    """Return the process-wide limiter for ``(client_id, region)``, updated to ``rate``."""
-    return _REGISTRY.get(client_id, region, rate, clock=clock, safety=safety)
+# The process-wide registry's own methods: after a fork it clears itself in place, so these stay valid.
+shared_limiter = _REGISTRY.get
+"""Return the process-wide limiter for ``(client_id, region)``, updated to ``rate``."""
 
-
-def reset_shared_limiters() -> None:
-    """Drop every process-wide limiter (for tests)."""
-    _REGISTRY.clear()
+reset_shared_limiters = _REGISTRY.clear
+"""Drop every process-wide limiter (for tests)."""
 
 
 @dataclass(frozen=True)

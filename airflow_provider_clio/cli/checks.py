@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from airflow_provider_clio.auth import TokenSet, TokenStore
 
 __all__ = [
-    "DEFAULT_LIMIT",
     "PoolInfo",
     "budget_problem",
     "read_pool",
@@ -27,9 +26,6 @@ __all__ = [
     "slots_for",
     "token_store_problem",
 ]
-
-DEFAULT_LIMIT = 3.0
-"""Clio's rate limit per application and region, requests per second."""
 
 # Tolerates float noise such as 3 / 0.1 = 29.999999999999996 (which is 30 slots).
 _EPSILON = 1e-9

@@ -12,18 +12,23 @@ from __future__ import annotations
 import datetime
 import hashlib
 import random
-import threading
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from airflow_provider_clio.testing.timeline import (
+    SECOND_US,
+    TimelineStore,
+    format_timestamp,
+    now_us,
+    to_microseconds,
+)
 
 __all__ = [
     "DEFAULT_RECORDS",
     "RESOURCES",
     "SCHEMAS",
     "RecordStore",
-    "format_timestamp",
-    "to_microseconds",
 ]
 
 # Generated timestamps are spread over this half-year (UTC), as the contract promises.
@@ -31,8 +36,6 @@ _START_US = int(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).time
 _END_US = (
     int(datetime.datetime(2026, 6, 30, 23, 59, 59, tzinfo=datetime.timezone.utc).timestamp()) * 1_000_000
 )
-_SECOND_US = 1_000_000
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 DEFAULT_RECORDS: Mapping[str, int] = {
     "contacts": 1000,
@@ -145,17 +148,12 @@ _ACTIVITY_NOTES = ("Client call", "Draft motion", "Review documents", "Court app
 _FIRM = "Emulated Law LLP"
 
 
-def format_timestamp(us: int) -> str:
-    """Format microseconds since the epoch as ISO-8601 with a UTC offset (``2026-03-01T12:00:00+00:00``)."""
-    return (_EPOCH + datetime.timedelta(microseconds=us)).isoformat()
-
-
 def _rng(seed: int, resource: str, record_id: int) -> random.Random:
     # String seeding hashes with SHA-512, so records are identical across processes and Python runs.
     return random.Random(f"{seed}:{resource}:{record_id}")
 
 
-class RecordStore:
+class RecordStore(TimelineStore):
     """Hold the records of every resource: timestamps in arrays, other fields derived on demand.
 
     Thread-safe: mutations and scans take one lock, record rendering needs none.
@@ -174,10 +172,8 @@ class RecordStore:
             raise ValueError(f"unknown resources {sorted(unknown)}; known: {list(RESOURCES)}")
         self.seed = seed
         self.updated_since_inclusive = updated_since_inclusive
-        self._lock = threading.Lock()
+        super().__init__()
         self._deleted: dict[str, set[int]] = {resource: set() for resource in RESOURCES}
-        self._created: dict[str, array[int]] = {}
-        self._updated: dict[str, array[int]] = {}
         # Counts at construction: nested references point into this range, so adding records later
         # never changes an existing record.
         self._initial: dict[str, int] = {}
@@ -197,24 +193,16 @@ class RecordStore:
         updated: array[int] = array("q", bytes(8 * n))
         for i in range(n):
             # Whole seconds, created_at ascending with the id, updated_at between created_at and the end.
-            c = _START_US + int((i + rand()) * step) // _SECOND_US * _SECOND_US
+            c = _START_US + int((i + rand()) * step) // SECOND_US * SECOND_US
             created[i] = c
-            updated[i] = c + int(rand() * (_END_US - c)) // _SECOND_US * _SECOND_US
+            updated[i] = c + int(rand() * (_END_US - c)) // SECOND_US * SECOND_US
         return created, updated
 
     # -- size and timestamps -------------------------------------------------------------------
 
-    def count(self, resource: str) -> int:
-        """Return how many records ``resource`` has now."""
-        return len(self._updated[resource])
-
     def exists(self, resource: str, record_id: int) -> bool:
         """Tell whether ``resource`` has a record with this id (not deleted)."""
         return 1 <= record_id <= len(self._updated[resource]) and record_id not in self._deleted[resource]
-
-    def updated_us(self, resource: str, record_id: int) -> int:
-        """Return the record's ``updated_at`` in microseconds since the epoch."""
-        return self._updated[resource][record_id - 1]
 
     # -- mutation ------------------------------------------------------------------------------
 
@@ -229,7 +217,7 @@ class RecordStore:
                     updated[record_id - 1] = to_microseconds(at)
                 else:
                     # A bare touch must change the ETag even when called twice in one second.
-                    updated[record_id - 1] = max(_now_us(), updated[record_id - 1] + _SECOND_US)
+                    updated[record_id - 1] = max(now_us(), updated[record_id - 1] + SECOND_US)
 
     def delete(self, resource: str, ids: Iterable[int]) -> None:
         """Delete existing records: lists and reads no longer return them; their ids are never reused."""
@@ -238,17 +226,6 @@ class RecordStore:
                 if not self.exists(resource, record_id):
                     raise KeyError(f"{resource} has no record {record_id}")
                 self._deleted[resource].add(record_id)
-
-    def add(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
-        """Append ``n`` new records created and updated at ``at`` (default: now); return their ids."""
-        if n < 0:
-            raise ValueError("n must be >= 0")
-        stamp = to_microseconds(at) if at is not None else _now_us() // _SECOND_US * _SECOND_US
-        with self._lock:
-            first = len(self._updated[resource]) + 1
-            self._created[resource].extend([stamp] * n)
-            self._updated[resource].extend([stamp] * n)
-        return list(range(first, first + n))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -421,15 +398,3 @@ _GENERATORS: Mapping[str, Callable[[RecordStore, int], dict[str, Any]]] = {
     "users": RecordStore._user,
     "sources": RecordStore._source,
 }
-
-
-def to_microseconds(at: datetime.datetime) -> int:
-    """Return an aware datetime as microseconds since the epoch."""
-    if at.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    delta = at - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * _SECOND_US + delta.microseconds
-
-
-def _now_us() -> int:
-    return to_microseconds(datetime.datetime.now(datetime.timezone.utc))

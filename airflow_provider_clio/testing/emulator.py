@@ -36,7 +36,13 @@ from airflow_provider_clio.testing.manage.settings import (
     add_manage_arguments,
     manage_settings_from_args,
 )
-from airflow_provider_clio.testing.oauth import DEFAULT_SECRET, REGIONS, EmulatorApp, OAuthServer
+from airflow_provider_clio.testing.oauth import (
+    DEFAULT_SECRET,
+    REGIONS,
+    EmulatorApp,
+    OAuthServer,
+    describe_apps,
+)
 from airflow_provider_clio.testing.recorder import RequestLog, RequestRecord
 from airflow_provider_clio.testing.routes import Router
 from airflow_provider_clio.testing.server import EmulatorHTTPServer
@@ -191,17 +197,8 @@ class ClioEmulator(ManageEmulatorMixin):
             return self.manage_connection(client_id, region, **extra)
         client_id = client_id or f"clio-emulator-{region}"
         app = self._oauth.app(client_id) or self.register_app(client_id, DEFAULT_SECRET, region)
-        return {
-            "conn_type": "clio",
-            "host": self.url,
-            "login": app.client_id,
-            "password": app.client_secret,
-            "extra": {
-                "region": app.region,
-                "refresh_token": self.issue_refresh_token(app.client_id),
-                **extra,
-            },
-        }
+        refresh_token = self.issue_refresh_token(app.client_id)
+        return app.connection(self.url, {"region": app.region, "refresh_token": refresh_token, **extra})
 
     def connection_env(self, conn_id: str = "clio_default", **kw: Any) -> tuple[str, str]:
         """Return ``("AIRFLOW_CONN_<CONN_ID>", json)`` of :meth:`connection` for ``monkeypatch.setenv``."""
@@ -367,46 +364,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the emulator until SIGINT/SIGTERM; print one JSON line on stdout when ready."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
-    try:
-        faults = Faults(
-            seed=args.fault_seed,
-            error_rate=args.error_rate,
-            error_statuses=tuple(int(s) for s in args.error_statuses.split(",") if s.strip()),
-            outage_requests=args.outage_requests,
-            outage_status=args.outage_status,
-            drop_rate=args.drop_rate,
-            slow_rate=args.slow_rate,
-            slow_seconds=args.slow_seconds,
-            truncate_rate=args.truncate_rate,
-            retry_after=args.retry_after,
-        )
-        emu = ClioEmulator(
-            seed=args.seed,
-            rate_limit=None if args.no_rate_limit else args.rate_limit,
-            records=args.records,
-            page_size=args.page_size,
-            access_token_ttl=args.access_token_ttl,
-            faults=faults,
-            manage=manage_settings_from_args(args),
-            latency=Latency(
-                inbound_delay=args.inbound_delay,
-                inbound_jitter=args.inbound_jitter,
-                response_delay=args.response_delay,
-                seed=args.latency_seed,
-            ),
-        )
-        for client_id, secret, region in map(_parse_app, args.manage_app):
-            emu.manage_app(client_id, secret, region)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for client_id, secret, region in args.app:
-        emu.register_app(client_id, secret, region)
+def _emulator_from_args(args: argparse.Namespace) -> ClioEmulator:
+    """Build the emulator the command line describes (raises ValueError on a bad knob)."""
+    faults = Faults(
+        seed=args.fault_seed,
+        error_rate=args.error_rate,
+        error_statuses=tuple(int(s) for s in args.error_statuses.split(",") if s.strip()),
+        outage_requests=args.outage_requests,
+        outage_status=args.outage_status,
+        drop_rate=args.drop_rate,
+        slow_rate=args.slow_rate,
+        slow_seconds=args.slow_seconds,
+        truncate_rate=args.truncate_rate,
+        retry_after=args.retry_after,
+    )
+    emu = ClioEmulator(
+        seed=args.seed,
+        rate_limit=None if args.no_rate_limit else args.rate_limit,
+        records=args.records,
+        page_size=args.page_size,
+        access_token_ttl=args.access_token_ttl,
+        faults=faults,
+        manage=manage_settings_from_args(args),
+        latency=Latency(
+            inbound_delay=args.inbound_delay,
+            inbound_jitter=args.inbound_jitter,
+            response_delay=args.response_delay,
+            seed=args.latency_seed,
+        ),
+    )
+    for client_id, secret, region in map(_parse_app, args.manage_app):
+        emu.manage_app(client_id, secret, region)
+    return emu
 
+
+def _serve_until_signal(emu: ClioEmulator, host: str, port: int) -> None:
+    """Start ``emu``, print the ready line, and serve until SIGINT or SIGTERM."""
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -414,15 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    emu.start(args.host, args.port)
-    apps = {
-        app.client_id: {
-            "client_secret": app.client_secret,
-            "region": app.region,
-            "refresh_token": emu.issue_refresh_token(app.client_id),
-        }
-        for app in emu.apps()
-    }
+    emu.start(host, port)
+    apps = describe_apps(emu.apps(), emu.issue_refresh_token)
     print(json.dumps({"url": emu.url, "apps": apps, "manage_apps": emu.manage_apps()}), flush=True)
     try:
         # A timed wait lets the signal handler run promptly in the main thread.
@@ -430,6 +416,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     finally:
         emu.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until SIGINT/SIGTERM; print one JSON line on stdout when ready."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
+    try:
+        emu = _emulator_from_args(args)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for client_id, secret, region in args.app:
+        emu.register_app(client_id, secret, region)
+    _serve_until_signal(emu, args.host, args.port)
     return 0
 
 

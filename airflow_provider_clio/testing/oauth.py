@@ -24,6 +24,7 @@ __all__ = [
     "EmulatorApp",
     "OAuthError",
     "OAuthServer",
+    "describe_apps",
     "scope_allows",
 ]
 
@@ -73,6 +74,16 @@ class EmulatorApp:
             "client_secret": self.client_secret,
             "region": self.region,
             "scopes": sorted(self.scopes) if self.scopes is not None else None,
+        }
+
+    def connection(self, host: str, extra: dict[str, Any]) -> dict[str, Any]:
+        """Return an Airflow connection dict that signs in as this app at ``host`` with ``extra``."""
+        return {
+            "conn_type": "clio",
+            "host": host,
+            "login": self.client_id,
+            "password": self.client_secret,
+            "extra": extra,
         }
 
 
@@ -324,3 +335,21 @@ class OAuthServer:
         if grant.expires_at is not None and self._clock() >= grant.expires_at:
             return None, "The access token expired"
         return grant, ""
+
+
+def describe_apps(
+    apps: Iterable[EmulatorApp], issue_refresh_token: Callable[[str], str]
+) -> dict[str, dict[str, str]]:
+    """Return ``{client_id: {"client_secret", "region", "refresh_token"}}``, minting a refresh token each.
+
+    :param apps: the apps to describe.
+    :param issue_refresh_token: the OAuth server's minting function for the apps' API.
+    """
+    return {
+        app.client_id: {
+            "client_secret": app.client_secret,
+            "region": app.region,
+            "refresh_token": issue_refresh_token(app.client_id),
+        }
+        for app in apps
+    }

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from airflow_provider_clio.testing.data import to_microseconds
+from airflow_provider_clio.testing.timeline import to_microseconds
 
 __all__ = [
     "MAX_IDS",

@@ -12,8 +12,8 @@ import base64
 import binascii
 import datetime
 import email.utils
+import functools
 import hashlib
-import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -32,7 +32,7 @@ from airflow_provider_clio.testing.query import (
     reject_repeated,
 )
 from airflow_provider_clio.testing.recorder import RequestLog
-from airflow_provider_clio.testing.server import Request, Response, json_response
+from airflow_provider_clio.testing.server import Request, Response, answer_admin, json_response
 
 __all__ = ["Router"]
 
@@ -256,15 +256,8 @@ class Router:
     def _admin(self, request: Request, path: str) -> Response:
         name = path.removeprefix("/_emulator/")
         handler = self._ADMIN.get((request.method, name))
-        if handler is None:
-            return _platform_error(404, f"no admin route {request.method} {request.path}")
-        try:
-            payload = json.loads(request.body) if request.body else {}
-            if not isinstance(payload, dict):
-                raise ValueError("the body must be a JSON object")
-            return json_response(200, handler(self, payload))
-        except (ValueError, TypeError, KeyError) as exc:
-            return _platform_error(400, f"{type(exc).__name__}: {exc}")
+        bound = None if handler is None else functools.partial(handler, self)
+        return answer_admin(request, bound, _platform_error)
 
     def _admin_requests(self, _: dict[str, Any]) -> dict[str, Any]:
         return {"requests": [r.to_dict() for r in self.log.snapshot()]}

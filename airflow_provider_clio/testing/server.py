@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from airflow_provider_clio.testing.faults import LatencyInjector
 from airflow_provider_clio.testing.recorder import RequestLog, RequestRecord
 
-__all__ = ["ADMIN_PREFIX", "EmulatorHTTPServer", "Request", "Response", "json_response"]
+__all__ = ["ADMIN_PREFIX", "EmulatorHTTPServer", "Request", "Response", "answer_admin", "json_response"]
 
 ADMIN_PREFIX = "/_emulator/"
 """Paths of the emulator's own admin surface: never delayed by the latency knobs."""
@@ -92,6 +92,28 @@ def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | No
     """Build a JSON response."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     return Response(status, body, [("Content-Type", "application/json; charset=utf-8"), *(headers or [])])
+
+
+def answer_admin(
+    request: Request,
+    handler: Callable[[dict[str, Any]], dict[str, Any]] | None,
+    error: Callable[[int, str], Response],
+) -> Response:
+    """Run one admin handler on the request's JSON object body; answer its result or an error.
+
+    :param request: the admin request.
+    :param handler: the route's handler, None when no route matches (404).
+    :param error: builds an error response in the API's own body shape (Platform or Manage).
+    """
+    if handler is None:
+        return error(404, f"no admin route {request.method} {request.path}")
+    try:
+        payload = json.loads(request.body) if request.body else {}
+        if not isinstance(payload, dict):
+            raise ValueError("the body must be a JSON object")
+        return json_response(200, handler(payload))
+    except (ValueError, TypeError, KeyError) as exc:
+        return error(400, f"{type(exc).__name__}: {exc}")
 
 
 Dispatcher = Callable[[Request], Response]

@@ -11,12 +11,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import random
-import threading
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from airflow_provider_clio.testing.data import format_timestamp, to_microseconds
+from airflow_provider_clio.testing.timeline import TimelineStore, format_timestamp, to_microseconds
 
 __all__ = [
     "MANAGE_DEFAULT_RECORDS",
@@ -88,7 +87,7 @@ def _day(rng: random.Random) -> str:
     return (_DAY0 + datetime.timedelta(days=rng.randrange(181))).isoformat()
 
 
-class ManageStore:
+class ManageStore(TimelineStore):
     """The Manage records: timestamps in arrays, other fields derived on demand. Thread-safe.
 
     :param seed: seed of every generated value.
@@ -100,9 +99,7 @@ class ManageStore:
         if unknown:
             raise ValueError(f"unknown Manage resources {sorted(unknown)}; known: {list(MANAGE_RESOURCES)}")
         self.seed = seed
-        self._lock = threading.Lock()
-        self._created: dict[str, array[int]] = {}
-        self._updated: dict[str, array[int]] = {}
+        super().__init__()
         merged = {**MANAGE_DEFAULT_RECORDS, **(counts or {})}
         # Nested references point into the initial ranges: adding records never changes existing ones.
         self._initial = dict(merged)
@@ -117,17 +114,9 @@ class ManageStore:
                 "q", [c + int(rng.random() * (_START_US + _SPAN_US - c)) // _S * _S for c in created]
             )
 
-    def count(self, resource: str) -> int:
-        """Return how many records ``resource`` has now."""
-        return len(self._updated[resource])
-
     def exists(self, resource: str, record_id: int) -> bool:
         """Tell whether ``resource`` has this id."""
         return 1 <= record_id <= self.count(resource)
-
-    def updated_us(self, resource: str, record_id: int) -> int:
-        """Return ``updated_at`` in microseconds since the epoch."""
-        return self._updated[resource][record_id - 1]
 
     def touch(self, resource: str, ids: Iterable[int], at: datetime.datetime | None = None) -> None:
         """Set ``updated_at`` (and so the etag) of records to ``at`` (default: now, moving forward)."""
@@ -139,16 +128,9 @@ class ManageStore:
                     raise KeyError(f"{resource} has no record {record_id}")
                 updated[record_id - 1] = now if at is not None else max(now, updated[record_id - 1] + _S)
 
-    def add(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
-        """Append ``n`` records created and updated at ``at`` (default: now); return their ids."""
-        if n < 0:
-            raise ValueError("n must be >= 0")
-        stamp = to_microseconds(at or datetime.datetime.now(datetime.timezone.utc)) // _S * _S
-        with self._lock:
-            first = len(self._updated[resource]) + 1
-            self._created[resource].extend([stamp] * n)
-            self._updated[resource].extend([stamp] * n)
-        return list(range(first, first + n))
+    def _added_stamp(self, at: datetime.datetime | None) -> int:
+        # Manage stamps added records in whole seconds, a given ``at`` too.
+        return to_microseconds(at or datetime.datetime.now(datetime.timezone.utc)) // _S * _S
 
     def scan(
         self,

@@ -8,7 +8,7 @@ so the Platform emulator module only constructs a :class:`ManageMode` and hooks 
 from __future__ import annotations
 
 import bisect
-import json
+import functools
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -18,9 +18,9 @@ from airflow_provider_clio.testing.manage.limiter import TokenWindowLimiter
 from airflow_provider_clio.testing.manage.oauth import ManageOAuthServer
 from airflow_provider_clio.testing.manage.routes import ManageRouter, manage_error, token_id
 from airflow_provider_clio.testing.manage.settings import ManageSettings, PeakSetting
-from airflow_provider_clio.testing.oauth import DEFAULT_SECRET, REGIONS, EmulatorApp
+from airflow_provider_clio.testing.oauth import DEFAULT_SECRET, REGIONS, EmulatorApp, describe_apps
 from airflow_provider_clio.testing.recorder import RequestLog, RequestRecord
-from airflow_provider_clio.testing.server import Request, Response, json_response
+from airflow_provider_clio.testing.server import Request, Response, answer_admin
 
 __all__ = ["ManageEmulatorMixin", "ManageMode"]
 
@@ -60,15 +60,8 @@ class ManageMode:
 
     def _admin(self, request: Request, name: str) -> Response:
         handler = _ADMIN_ROUTES.get((request.method, name))
-        if handler is None:
-            return manage_error(404, f"no admin route {request.method} {request.path}")
-        try:
-            payload = json.loads(request.body) if request.body else {}
-            if not isinstance(payload, dict):
-                raise ValueError("the body must be a JSON object")
-            return json_response(200, handler(self, payload))
-        except (ValueError, TypeError, KeyError) as exc:
-            return manage_error(400, f"{type(exc).__name__}: {exc}")
+        bound = None if handler is None else functools.partial(handler, self)
+        return answer_admin(request, bound, manage_error)
 
     def _admin_limit(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.limiter.set_limit(payload["limit"], payload.get("endpoint"), payload.get("peak"))
@@ -132,30 +125,15 @@ class ManageEmulatorMixin:
         app = self._manage.oauth.app(client_id or f"clio-manage-{region}") or self.manage_app(
             client_id, region=region
         )
-        return {
-            "conn_type": "clio",
-            "host": self.url,
-            "login": app.client_id,
-            "password": app.client_secret,
-            "extra": {
-                **extra,
-                "api": "manage",
-                "region": app.region,
-                "refresh_token": self._manage.oauth.issue_refresh_token(app.client_id),
-            },
-        }
+        refresh_token = self._manage.oauth.issue_refresh_token(app.client_id)
+        return app.connection(
+            self.url, {**extra, "api": "manage", "region": app.region, "refresh_token": refresh_token}
+        )
 
     def manage_apps(self) -> dict[str, dict[str, str]]:
         """Return ``{client_id: {"client_secret", "region", "refresh_token"}}`` of every Manage app."""
         oauth = self._manage.oauth
-        return {
-            a.client_id: {
-                "client_secret": a.client_secret,
-                "region": a.region,
-                "refresh_token": oauth.issue_refresh_token(a.client_id),
-            }
-            for a in oauth.apps()
-        }
+        return describe_apps(oauth.apps(), oauth.issue_refresh_token)
 
     def issue_manage_access_token(
         self, client_id: str = "clio-manage-us", ttl: float | None = None
