@@ -27,7 +27,16 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
 
 EXTRA_PREFIX = "extra__clio__"
-KNOWN_EXTRAS = ("api", "region", "refresh_token", "access_token", "expires_at", "requests_per_slot", "pool")
+KNOWN_EXTRAS = (
+    "api",
+    "region",
+    "refresh_token",
+    "access_token",
+    "expires_at",
+    "requests_per_slot",
+    "pool",
+    "pool_size",
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,8 @@ class ClioConfig:
     :param expires_at: Expiry of ``access_token``, epoch seconds.
     :param requests_per_slot: Request rate one pool slot is worth.
     :param pool: The Airflow pool of this connection's tasks.
+    :param pool_size: Slots of that pool when the API sizes pools in shares of a token's budget (extra
+        ``pool_size``, default the API's); ``None`` when a slot is a request rate (``requests_per_slot``).
     """
 
     conn_id: str
@@ -65,6 +76,7 @@ class ClioConfig:
     expires_at: float | None = None
     requests_per_slot: float = 1.0
     pool: str = ""
+    pool_size: int | None = None
 
     @property
     def base_url(self) -> str:
@@ -99,6 +111,7 @@ class ClioConfig:
         expires_at = extras.expires_at()
         requests_per_slot = extras.requests_per_slot()
         pool = pool_name_for(region, extras.pool(), prefix=api.pool_prefix)
+        pool_size = extras.pool_size(api)
         extras.warn_unknown()
         urls, oauth = _endpoints(conn_id, conn, api, region)
         return cls(
@@ -115,6 +128,7 @@ class ClioConfig:
             expires_at=expires_at,
             requests_per_slot=requests_per_slot,
             pool=pool,
+            pool_size=pool_size,
         )
 
 
@@ -192,6 +206,23 @@ class _Extras:
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise self.fail("extra 'pool' must be a non-empty string")
         return value.strip() if isinstance(value, str) else None
+
+    def pool_size(self, api: ApiSpec) -> int | None:
+        """Return the pool's slots for an API sized in shares (default the API's); ``None`` otherwise."""
+        value = self.get("pool_size")
+        if api.pool_size is None:
+            if value is not None:
+                log.warning(
+                    "Clio connection %s: extra 'pool_size' is unused by API %s", self.conn_id, api.name
+                )
+            return None
+        if value is None:
+            return api.pool_size
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+            raise self.fail(f"extra 'pool_size' must be a positive integer, got {value!r}")
+        if int(value) < 1:
+            raise self.fail(f"extra 'pool_size' must be a positive integer, got {value!r}")
+        return int(value)
 
     def warn_unknown(self) -> None:
         unknown = sorted(n for n in self.extra if n.removeprefix(EXTRA_PREFIX) not in KNOWN_EXTRAS)

@@ -241,12 +241,19 @@ class PacerRequest:
     :param region: The connection's region.
     :param rate: Requests per second this hook may send: ``pool_slots * requests_per_slot``.
     :param clock: Monotonic clock (injected by tests).
+    :param pool_slots: The pool slots the hook's work holds.
+    :param pool_size: The slots of the connection's pool when the API sizes pools in shares of a token's
+        budget (:attr:`ApiSpec.pool_size <airflow_provider_clio.apis.ApiSpec.pool_size>`), else ``None``.
+    :param pool: The connection's pool: one per token where the budget is per token.
     """
 
     client_id: str
     region: str
     rate: float
     clock: Callable[[], float] = time.monotonic
+    pool_slots: int = 1
+    pool_size: int | None = None
+    pool: str = ""
 
 
 @runtime_checkable

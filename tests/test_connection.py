@@ -59,7 +59,7 @@ def test_api_extra_selects_the_platform_api(extra: dict[str, Any]) -> None:
     assert config(extra=extra).api is PLATFORM
 
 
-@pytest.mark.parametrize("value", ["manage", 3, ["platform"]])
+@pytest.mark.parametrize("value", ["grow", 3, ["platform"]])
 def test_unknown_api_names_the_choices(value: Any) -> None:
     with pytest.raises(ClioConfigError, match=r"extra 'api' must be one of platform") as info:
         config(extra={"api": value})

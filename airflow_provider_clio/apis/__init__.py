@@ -1,19 +1,21 @@
 # SPDX-License-Identifier: Apache-2.0
 """What differs between Clio's APIs, as data: one :class:`ApiSpec` per API, picked by the ``api`` extra.
 
-Clio runs more than one API (the Platform API today, Manage v4 next) behind the same OAuth applications and
-regions. They differ in hosts, in whether refresh tokens rotate, in the shape of error bodies and in how
-their rate limit is announced and counted. The hook, the token manager and the operators read those rules
-from the spec of the connection's API and never name an API themselves, so supporting another API means
-describing it in one module (see :mod:`airflow_provider_clio.apis.platform`) and registering it.
+Clio runs more than one API (the Platform API and Manage v4, :mod:`~airflow_provider_clio.apis.manage`),
+each with its own OAuth applications per region. They differ in hosts, in whether refresh tokens rotate,
+in the shape of error bodies and in how their rate limit is announced and counted. The hook, the token
+manager and the operators read those rules from the spec of the connection's API and never name an API
+themselves, so supporting another API means describing it in one module (see
+:mod:`airflow_provider_clio.apis.platform`) and registering it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_clio.exceptions import ClioConfigError
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 DEFAULT_API = "platform"
 """The API a connection without an ``api`` extra talks to."""
 
-API_NAMES: tuple[str, ...] = ("platform",)
+API_NAMES: tuple[str, ...] = ("platform", "manage")
 """The APIs this package describes itself; :func:`api_names` also lists those registered at run time."""
 
 
@@ -45,6 +47,16 @@ class ApiSpec:
         the API host itself (Clio: ``clio.com``, where its ``next`` links may point).
     :param pool_prefix: Default Airflow pool of a region: ``f"{pool_prefix}{region}"``.
     :param probe_endpoint: A cheap authenticated list endpoint for connection tests.
+    :param headers: Headers every API request carries (not the OAuth token endpoint's), e.g. a pinned
+        ``X-API-VERSION``.
+    :param list_query: The query of a list's first page -> the query to send: adds the API's paging
+        parameters, refuses those that break cursor paging (default: sent as given). Later pages follow the
+        server's ``next`` links as they are.
+    :param error_hints: HTTP status -> a sentence appended to the message of an error with that status.
+    :param pool_size: Pools of this API are sized in shares of a token's budget: a task's share is its
+        ``pool_slots`` over the pool's slots, which the connection's ``pool_size`` extra states (default
+        this). ``None``: slots are a request rate each (``requests_per_slot``), as on the Platform API.
+    :param authorize_scope: The OAuth authorize request takes a ``scope`` parameter.
     """
 
     name: str
@@ -57,6 +69,11 @@ class ApiSpec:
     token_domains: tuple[str, ...] = ()
     pool_prefix: str = "clio_"
     probe_endpoint: str = "grow/users"
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    list_query: Callable[[Mapping[str, Any]], dict[str, Any]] = dict
+    error_hints: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    pool_size: int | None = None
+    authorize_scope: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip().lower():
@@ -78,6 +95,18 @@ class ApiSpec:
         return frozenset(
             {self.api_hosts[region], *self.token_domains, *(f".{d}" for d in self.token_domains)}
         )
+
+    def error_parser(self, status: int) -> Callable[[bytes | str | None], tuple[str | None, str]]:
+        """Return :attr:`parse_error`, adding the API's hint for ``status`` (if any) to the message."""
+        hint = self.error_hints.get(status)
+        if hint is None:
+            return self.parse_error
+
+        def parse(body: bytes | str | None) -> tuple[str | None, str]:
+            code, message = self.parse_error(body)
+            return code, f"{message.rstrip('. ')}. {hint}" if message else hint
+
+        return parse
 
     def __repr__(self) -> str:
         return f"ApiSpec(name={self.name!r})"
@@ -119,18 +148,20 @@ def get_api(name: str | None = None) -> ApiSpec:
 
 
 def api_names() -> tuple[str, ...]:
-    """Return the names of every selectable API, built-in ones first."""
+    """Return the names of every selectable API, built-in ones first (in :data:`API_NAMES` order)."""
     _load_builtins()
     with _LOCK:
-        return tuple(sorted(_REGISTRY, key=lambda n: (n not in API_NAMES, n)))
+        builtin = [n for n in API_NAMES if n in _REGISTRY]
+        return (*builtin, *sorted(set(_REGISTRY) - set(builtin)))
 
 
 def _load_builtins() -> None:
     # Imported on first use, not at the top: the built-in modules import ApiSpec from here.
-    from airflow_provider_clio.apis import platform
+    from airflow_provider_clio.apis import manage, platform
 
     with _LOCK:
-        _REGISTRY.setdefault(platform.PLATFORM.name, platform.PLATFORM)
+        for spec in (platform.PLATFORM, manage.MANAGE):
+            _REGISTRY.setdefault(spec.name, spec)
 
 
 __all__ = ["API_NAMES", "DEFAULT_API", "ApiSpec", "api_names", "get_api", "register_api", "unregister_api"]

@@ -213,7 +213,15 @@ class ClioHook(BaseHook):
     def pacer(self) -> Pacer:
         """The API's pacer for this application, region and rate (shared within the process)."""
         config = self.config
-        request = PacerRequest(config.client_id, config.region, self.rate, clock=self._clock)
+        request = PacerRequest(
+            config.client_id,
+            config.region,
+            self.rate,
+            clock=self._clock,
+            pool_slots=self.pool_slots,
+            pool_size=config.pool_size,
+            pool=config.pool,
+        )
         return config.api.make_pacer(request)
 
     @cached_property
@@ -341,7 +349,7 @@ class ClioHook(BaseHook):
         if start_url is not None:
             url: str | None = tracker.resolve(start_url, what="start URL")
         else:
-            url, first_params = self.config.urls.endpoint(endpoint), query
+            url, first_params = self.config.urls.endpoint(endpoint), self.config.api.list_query(query)
         progress = _Progress(self, label)
         while url is not None:
             if first_params is None:
@@ -465,7 +473,7 @@ class ClioHook(BaseHook):
         token: str | None = None,
     ) -> requests.Response:
         """Pacer (API calls) → bearer token → send → pacer observes; transport errors: ClioTransientError."""
-        request_headers = dict(headers or {})
+        request_headers = {**(self.config.api.headers if api else {}), **(headers or {})}
         if token is not None:
             if not self.config.urls.may_carry_token(url):
                 raise ClioFatalError(
@@ -553,7 +561,7 @@ class ClioHook(BaseHook):
         return classify(
             response,
             label=label,
-            parse_error=self.config.api.parse_error,
+            parse_error=self.config.api.error_parser(response.status_code),
             secrets=self._secrets(),
             allow_not_modified=allow_not_modified,
         )

@@ -90,7 +90,7 @@ def test_registered_apis_are_selectable_and_named_in_errors() -> None:
     spec = register_api(_spec("example"))
     try:
         assert get_api("example") is spec
-        assert api_names() == ("platform", "example")
+        assert api_names() == ("platform", "manage", "example")
         with pytest.raises(ClioConfigError, match="already registered"):
             register_api(_spec("example"))
         assert register_api(_spec("example"), replace=True) is not spec

@@ -170,7 +170,7 @@ def test_rate_is_pool_slots_times_requests_per_slot(monkeypatch: pytest.MonkeyPa
     [
         (base_conn(region="uk"), "'region'"),
         ({**base_conn(), "host": "http://clio-proxy.example.com"}, "plain http"),
-        (base_conn(api="manage"), "'api'"),
+        (base_conn(api="grow"), "'api'"),
     ],
 )
 def test_invalid_connections_fail_before_any_request(
