@@ -8,7 +8,7 @@ from typing import Any
 from airflow_provider_clio import __version__
 from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
-__all__ = ["REGION_LABELS", "get_provider_info"]
+__all__ = ["API_LABELS", "REGION_LABELS", "get_provider_info"]
 
 REGION_LABELS: dict[str, str] = {
     "us": "United States (us)",
@@ -17,6 +17,9 @@ REGION_LABELS: dict[str, str] = {
     "au": "Australia (au)",
 }
 """What the connection form's region select shows for each region code (the code is what is saved)."""
+
+API_LABELS = {"platform": "Clio Platform API (Grow)", "manage": "Clio Manage API v4"}
+"""The built-in APIs a connection may select, with the labels the connection form shows."""
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -68,11 +71,24 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "conn-fields": {
+                    "api": {
+                        "label": "API",
+                        "description": (
+                            "Which Clio API this connection's application and tokens belong to; each has "
+                            "its own developer application per region."
+                        ),
+                        "schema": {
+                            "type": "string",
+                            "enum": list(API_LABELS),
+                            "values_display": API_LABELS,
+                            "default": "platform",
+                        },
+                    },
                     "region": {
                         "label": "Region",
                         "description": (
                             "Clio instance the application is registered in. Picks the API and OAuth "
-                            "hosts and the Airflow pool clio_<region>."
+                            "hosts and the Airflow pool clio_<region> (Manage: clio_manage_<region>)."
                         ),
                         # values_display is how Airflow 3's form (the DAG-params FlexibleForm) labels enum
                         # choices; provider.yaml's schema allows extra keys inside "schema".
@@ -87,8 +103,9 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Refresh token",
                         "description": (
                             # The form shows descriptions as plain text: no Markdown backticks.
-                            "OAuth refresh token from the command airflow clio auth. It rotates on every "
-                            "use; the hook stores the newest one in an Airflow Variable."
+                            "OAuth refresh token from the command airflow clio auth. On the Platform API it "
+                            "rotates on every use (Manage's does not); the hook stores the newest one in an "
+                            "Airflow Variable."
                         ),
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
@@ -101,12 +118,25 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Pool name",
                         # The form saves an empty field as "pool": null; the hook reads null as the default.
                         "description": (
-                            "Airflow pool for this connection's tasks. Leave empty for clio_<region>."
+                            "Airflow pool for this connection's tasks (default clio_<region>, Manage: "
+                            "clio_manage_<region>). Manage counts its limit per token: give every further "
+                            "Manage connection its own pool."
                         ),
                         "schema": {"type": ["string", "null"]},
+                    },
+                    "pool_size": {
+                        "label": "Pool slots (Manage)",
+                        "description": (
+                            "Manage only: the slots of this connection's pool. A task holding k slots paces "
+                            "at k/pool_size of the token's rate-limit budget (default 5)."
+                        ),
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
                     },
                 },
             }
         ],
         "cli": ["airflow_provider_clio.cli.definition.get_clio_cli_commands"],
     }
+
+
+__all__ = ["API_LABELS", "get_provider_info"]

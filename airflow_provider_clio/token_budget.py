@@ -66,8 +66,9 @@ class TokenBudgetPacer:
 
     :param share: This task's fraction of the token's budget, ``pool_slots / pool size``, in (0, 1].
     :param start_limit: Requests per window assumed before the first response says (Manage's peak: 50).
-    :param start_window: Window length in seconds assumed until responses show it (60).
-    :param reserve: Requests of every window left unspent, against stale views between concurrent tasks.
+    :param start_window: Window length in seconds assumed until a response shows it (60).
+    :param reserve: Requests of every window left unspent, against stale views between concurrent tasks
+        (at most a tenth of the limit).
     :param reset_margin: Seconds added to every window end read from the server.
     :param smoothing: Time constant in seconds of the estimate of the others' request rate.
     :param min_horizon: The smallest ``τ`` the rate is computed with (no burst in a window's last second).
@@ -103,7 +104,8 @@ class TokenBudgetPacer:
         self._wall = wall
         self._lock = threading.Lock()
         self.window = float(start_window)
-        """Window length: ``start_window`` until responses show a longer one."""
+        """Window length: ``start_window`` until responses show it (the longest time to a reset seen)."""
+        self._longest = 0.0
         self.limit: int | None = None
         """The last ``X-RateLimit-Limit`` seen."""
         self.remaining: float | None = None
@@ -184,7 +186,8 @@ class TokenBudgetPacer:
         if self.remaining is None or self.window_end is None:
             return self.share * self.start_limit / self.window
         horizon = max(self.window_end - at, self.min_horizon)
-        spendable = self.remaining - self.reserve
+        # At most a tenth of the limit: a tiny limit (a test server's) must not be all reserve.
+        spendable = self.remaining - min(self.reserve, (self.limit or 0) // 10)
         if spendable <= 0:
             return 0.0
         own_share = self.share * spendable / horizon
@@ -214,8 +217,10 @@ class TokenBudgetPacer:
         if same_window and limit == self.limit and status != 429:
             # A drop that a new limit or a refused request explains is not somebody else's traffic.
             self._learn_others(now, remaining)
-        elif seconds_left > self.window and seconds_left <= 3600:
-            self.window = seconds_left  # a window longer than assumed (never shorter: stay slow)
+        if seconds_left <= 3600:
+            # The longest time to a reset seen is the window's length (as good as it gets after one window).
+            self._longest = max(self._longest, seconds_left)
+            self.window = self._longest
         if limit is not None and limit != self.limit:
             if self.limit is not None:
                 log.info("Clio token budget %s: limit changed from %d to %d", self.name, self.limit, limit)

@@ -40,7 +40,11 @@ def test_connection_type_validates_against_the_strict_provider_yaml_schema():
     fields = conn_type["conn-fields"]
     assert fields["region"]["schema"]["enum"] == ["us", "ca", "eu", "au"]
     assert fields["refresh_token"]["schema"]["format"] == "password"
-    assert {"requests_per_slot", "pool"} <= set(fields)
+    assert {"requests_per_slot", "pool", "pool_size"} <= set(fields)
+    from airflow_provider_clio.apis import API_NAMES
+
+    assert fields["api"]["schema"]["enum"] == list(API_NAMES) == ["platform", "manage"]
+    assert set(fields["api"]["schema"]["values_display"]) == {"platform", "manage"}
     relabel = conn_type["ui-field-behaviour"]["relabeling"]
     assert {"login", "password", "host"} <= set(relabel)
 

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Any
 
 import pytest
 
@@ -38,9 +39,9 @@ class FakeClock:
         self.now += seconds
 
 
-def pacer(clock: FakeClock, share: float = 1.0, **kwargs: float) -> TokenBudgetPacer:
-    kwargs.setdefault("wall", clock.wall)  # type: ignore[arg-type]
-    return TokenBudgetPacer(share, clock=clock, **kwargs)  # type: ignore[arg-type]
+def pacer(clock: FakeClock, share: float = 1.0, **kwargs: Any) -> TokenBudgetPacer:
+    kwargs.setdefault("wall", clock.wall)
+    return TokenBudgetPacer(share, clock=clock, **kwargs)
 
 
 def headers(

@@ -2,7 +2,9 @@
 """The parts of ``airflow clio check`` and ``airflow clio pools`` beyond the API call: budget and token store.
 
 The rate budget: a pool of ``slots`` slots whose tasks each pace at ``requests_per_slot`` per slot sends at
-most ``slots x requests_per_slot`` requests per second, which must not exceed the application's limit.
+most ``slots x requests_per_slot`` requests per second, which must not exceed the application's limit. Where
+an API sizes pools in shares of a token's budget (Clio Manage), the pool's slots must not exceed the
+connection's ``pool_size``.
 The token store: tasks rotate the refresh token and must read back what they wrote; a secrets backend that
 also holds the token Variable answers reads with its own, stale pair.
 """
@@ -21,6 +23,7 @@ __all__ = [
     "PoolInfo",
     "budget_problem",
     "read_pool",
+    "share_problem",
     "slots_for",
     "token_store_problem",
 ]
@@ -45,6 +48,22 @@ def budget_problem(slots: int, requests_per_slot: float, limit: float) -> str | 
     return (
         f"{slots} slots x {requests_per_slot:g} req/s per slot = {rate:g} req/s exceeds the limit of "
         f"{limit:g} req/s (expect 429s)"
+    )
+
+
+def share_problem(slots: int, pool_size: int) -> str | None:
+    """
+    Return why a pool of ``slots`` slots breaks the shares of a token's budget, or None when it does not.
+
+    Each task paces at ``pool_slots / pool_size`` of the token's budget (``pool_size``: the connection's
+    extra); the tasks a pool of ``slots`` slots runs at once add up to ``slots / pool_size`` of it.
+    """
+    if slots <= pool_size:
+        return None
+    return (
+        f"{slots} slots but the connection's pool_size is {pool_size}: running tasks would pace at "
+        f"{slots}/{pool_size} of the token's budget together (expect 429s); set the connection's pool_size "
+        f"extra to {slots}, or size the pool to {pool_size}"
     )
 
 

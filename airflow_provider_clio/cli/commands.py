@@ -20,7 +20,13 @@ from airflow.utils import cli as cli_utils
 from airflow.utils.providers_configuration_loader import providers_configuration_loaded
 
 from airflow_provider_clio.cli.authorize import CodeReceiver, authorize_url, code_from
-from airflow_provider_clio.cli.checks import budget_problem, read_pool, slots_for, token_store_problem
+from airflow_provider_clio.cli.checks import (
+    budget_problem,
+    read_pool,
+    share_problem,
+    slots_for,
+    token_store_problem,
+)
 from airflow_provider_clio.cli.context import connection_extra, open_hook, pool_name_for, server_context
 from airflow_provider_clio.cli.handover import (
     handover_document,
@@ -28,15 +34,21 @@ from airflow_provider_clio.cli.handover import (
     reserve_stdout,
     write_token_file,
 )
+from airflow_provider_clio.token_budget import PEAK_LIMIT
 
 if TYPE_CHECKING:
     from airflow_provider_clio.auth import TokenSet
+    from airflow_provider_clio.connection import ClioConfig
 
 __all__ = ["POOL_DESCRIPTION", "auth", "check", "pools"]
 
 POOL_DESCRIPTION = (
     "Clio {region} API (airflow-provider-clio): {slots} slots x {per_slot:g} req/s per slot within the "
     "application's limit of {limit:g} req/s."
+)
+SHARE_POOL_DESCRIPTION = (
+    "Clio {api} {region}, one access token (airflow-provider-clio): a task holding k of the {slots} slots "
+    "paces at k/{slots} of the token's rate-limit budget, as its X-RateLimit headers announce it."
 )
 
 
@@ -56,13 +68,19 @@ def auth(args: argparse.Namespace) -> None:
     say = sys.stderr if args.print_only else sys.stdout
     hook = open_hook(args.conn_id, store)
     config = hook.config
+    if args.scope and not config.api.authorize_scope:
+        hook.close()
+        raise SystemExit(
+            f"error: --scope does not apply to the {config.api.name} API: its application's permissions are "
+            "set when the application is registered; drop --scope"
+        )
     state = secrets.token_urlsafe(16)
     url = authorize_url(
         config.authorize_url,
         client_id=config.client_id,
         redirect_uri=args.redirect_uri,
         state=state,
-        scope=args.scope,
+        scope=args.scope if config.api.authorize_scope else None,
     )
     listen = args.listen and not args.code
     with CodeReceiver(args.redirect_uri, state, listen=listen, timeout=args.timeout) as receiver:
@@ -80,7 +98,7 @@ def auth(args: argparse.Namespace) -> None:
         _hand_over(args, config.conn_id, extra, tokens, key, json_out)
         return
     print(f"Stored the OAuth tokens of connection {config.conn_id!r} in the Airflow Variable {key!r}.")
-    _print_expiry(say, tokens)
+    _print_expiry(say, tokens, rotates=config.api.rotates_refresh_token)
 
 
 def _print_authorize_prompt(
@@ -99,13 +117,11 @@ def _print_authorize_prompt(
     say.flush()
 
 
-def _print_expiry(say: TextIO, tokens: TokenSet) -> None:
+def _print_expiry(say: TextIO, tokens: TokenSet, *, rotates: bool) -> None:
     if tokens.expires_at is not None:
         expires = datetime.fromtimestamp(tokens.expires_at, tz=timezone.utc).isoformat(timespec="seconds")
-        print(
-            f"The access token expires at {expires}; tasks refresh it (and rotate the pair) from now on.",
-            file=say,
-        )
+        how = "(and rotate the pair)" if rotates else "(the refresh token does not rotate)"
+        print(f"The access token expires at {expires}; tasks refresh it {how} from now on.", file=say)
 
 
 def _hand_over(
@@ -135,6 +151,9 @@ def pools(args: argparse.Namespace) -> None:
         if args.region:
             raise SystemExit("error: --region and --conn-id exclude each other (the connection has a region)")
         config = open_hook(args.conn_id).config
+        if config.pool_size is not None:
+            _share_pool(args, config)
+            return
         per_slot, targets = config.requests_per_slot, [(config.pool, config.region)]
     slots = args.slots or slots_for(args.limit, per_slot)
     if slots < 1:
@@ -158,6 +177,28 @@ def pools(args: argparse.Namespace) -> None:
         print(f"Pool {name} {action}: {slots} slots, include_deferred={args.include_deferred} ({how})")
 
 
+def _share_pool(args: argparse.Namespace, config: ClioConfig) -> None:
+    """Create or update the pool of a connection whose slots are shares of one token's budget."""
+    from airflow.api.client import get_current_api_client
+
+    assert config.pool_size is not None
+    slots = args.slots or config.pool_size
+    problem = share_problem(slots, config.pool_size)
+    if problem:
+        print(f"warning: {problem}; `airflow clio check` will fail", file=sys.stderr)
+    action = "updated" if read_pool(config.pool) is not None else "created"
+    description = SHARE_POOL_DESCRIPTION.format(
+        api=config.api.name.capitalize(), region=config.region.upper(), slots=slots
+    )
+    get_current_api_client().create_pool(
+        name=config.pool, slots=slots, description=description, include_deferred=args.include_deferred
+    )
+    print(
+        f"Pool {config.pool} {action}: {slots} slots, include_deferred={args.include_deferred} "
+        f"(a slot is 1/{config.pool_size} of the token's budget: the connection's pool_size)"
+    )
+
+
 @providers_configuration_loaded
 def check(args: argparse.Namespace) -> None:
     """Check the connection, the token store and the pool's rate budget (``airflow clio check``)."""
@@ -178,14 +219,38 @@ def check(args: argparse.Namespace) -> None:
         failed |= problem is not None
         stored = f"OK: Token store: {store.key(config.conn_id)!r} reads back what was written."
         print(f"FAILED: Token store: {problem}." if problem else stored)
-    failed |= not _report_pool(config.pool, config.requests_per_slot, args.limit, args.conn_id)
-    per_slot = config.requests_per_slot
-    print(
-        f"Rate: {per_slot:g} req/s per pool slot; a task with pool_slots=1 paces at {per_slot:g} req/s, "
-        f"pool_slots=k at k x {per_slot:g} req/s."
-    )
+    if config.pool_size is not None:
+        failed |= not _report_share_pool(config.pool, config.pool_size, args.conn_id)
+    else:
+        failed |= not _report_pool(config.pool, config.requests_per_slot, args.limit, args.conn_id)
+        per_slot = config.requests_per_slot
+        print(
+            f"Rate: {per_slot:g} req/s per pool slot; a task with pool_slots=1 paces at {per_slot:g} req/s, "
+            f"pool_slots=k at k x {per_slot:g} req/s."
+        )
     if failed:
         raise SystemExit(1)
+
+
+def _report_share_pool(name: str, size: int, conn_id: str) -> bool:
+    """Print the state of a pool whose slots are shares of one token's budget; return whether it is usable."""
+    pool = read_pool(name)
+    if pool is None:
+        print(
+            f"FAILED: Pool: {name} does not exist; run `airflow clio pools --conn-id {conn_id}` "
+            "(tasks in a missing pool are never scheduled)."
+        )
+        return False
+    problem = share_problem(pool.slots, size)
+    if problem:
+        print(f"FAILED: Pool: {name}: {problem}.")
+        return False
+    print(
+        f"OK: Pool: {name} ({pool.slots} slots; a task holding k slots paces at k/{size} of the token's "
+        f"budget, e.g. k x {PEAK_LIMIT / size:g} requests a minute at a limit of {PEAK_LIMIT} a minute). "
+        "Give every other connection (token) its own pool."
+    )
+    return True
 
 
 def _report_pool(name: str, per_slot: float, limit: float, conn_id: str) -> bool:

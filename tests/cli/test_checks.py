@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_clio.auth import FileTokenStore, MemoryTokenStore, TokenSet
-from airflow_provider_clio.cli.checks import budget_problem, slots_for, token_store_problem
+from airflow_provider_clio.cli.checks import budget_problem, share_problem, slots_for, token_store_problem
 from airflow_provider_clio.cli.handover import handover_document, write_token_file
 
 PAIR = TokenSet(access_token="at-check-0001", refresh_token="rt-check-0001", expires_at=2_000_000_000.0)
@@ -30,6 +30,16 @@ def test_budget_problem_names_the_numbers():
     # Issue 8 finding 6: 3 slots at 1.5 req/s each sent 4.5 req/s against a limit of 3.
     assert budget_problem(3, 1.5, 3) == (
         "3 slots x 1.5 req/s per slot = 4.5 req/s exceeds the limit of 3 req/s (expect 429s)"
+    )
+
+
+def test_a_share_sized_pool_may_not_have_more_slots_than_the_connections_pool_size():
+    # Clio Manage: each task paces at pool_slots / pool_size of the token's budget.
+    assert share_problem(5, 5) is None
+    assert share_problem(3, 5) is None  # fewer slots: the budget is under-used, never exceeded
+    assert share_problem(6, 5) == (
+        "6 slots but the connection's pool_size is 5: running tasks would pace at 6/5 of the token's "
+        "budget together (expect 429s); set the connection's pool_size extra to 6, or size the pool to 5"
     )
 
 

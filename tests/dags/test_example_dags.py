@@ -23,8 +23,11 @@ EXAMPLE_DAG_IDS = {
     "clio_two_regions",
     "clio_bulk_extract",
     "clio_bulk_merge",
+    "clio_manage_warehouse",
 }
 CLIO_FREE_DAG_IDS = {"clio_bulk_merge"}
+MANAGE_DAG_IDS = {"clio_manage_warehouse"}
+"""DAGs on a Clio Manage connection: their token's own pool, not the Platform's region pool."""
 """DAGs that never call Clio (warehouse loads), so they take no Clio pool slot."""
 WAREHOUSE_TABLES = {
     "clio_contacts": "contacts",
@@ -103,9 +106,10 @@ def test_example_dags_parse_into_their_region_pools(
     assert set(dagbag.dag_ids) == EXAMPLE_DAG_IDS
     pools = {
         (dag_id, task.task_id): task.pool
-        for dag_id in EXAMPLE_DAG_IDS - CLIO_FREE_DAG_IDS
+        for dag_id in EXAMPLE_DAG_IDS - CLIO_FREE_DAG_IDS - MANAGE_DAG_IDS
         for task in dagbag.dags[dag_id].tasks
     }
+    assert {task.pool for task in dagbag.dags["clio_manage_warehouse"].tasks} == {"clio_manage_us"}
     assert pools[("clio_two_regions", "export_contacts_eu")] == "clio_eu"
     assert {pool for key, pool in pools.items() if key != ("clio_two_regions", "export_contacts_eu")} == {
         "clio_us"
