@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import sqlite3
+import threading
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -230,3 +231,33 @@ def test_offset_is_never_sent_and_a_user_offset_is_refused_before_any_request(
     assert support.ti_state(dag_run, "t") == "failed"
     assert support.try_number(dag_run, "t") == 1
     assert len(emu.manage_requests()) == before
+
+
+def test_tasks_starting_together_share_one_access_token(
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    manage_conn: Callable[..., str],
+    manage: SimpleNamespace,
+    tmp_path: Path,
+) -> None:
+    # The pool is sized per token (apis/manage.py): hooks of one connection that start together on a store
+    # with a refresh lock refresh once and spend one token's budget. (VariableTokenStore has no inter-process
+    # lock: tasks starting together in separate processes may each refresh; see tests/scheduler.)
+    emu = clio_emulator_factory(manage={"records": {"activities": 10}, **manage.unlimited})
+    conn_id = manage_conn(emu)
+    store = FileTokenStore(tmp_path / "tokens.json")  # shared by every worker, with an inter-process lock
+    hooks = [ClioHook(conn_id, token_store=store) for _ in range(3)]
+    barrier = threading.Barrier(len(hooks))
+
+    def first_page(hook: ClioHook) -> None:
+        barrier.wait()
+        hook.get("activities", {"fields": "id", "limit": 1})
+
+    threads = [threading.Thread(target=first_page, args=(hook,)) for hook in hooks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    for hook in hooks:
+        hook.close()
+    tokens = {r.token_id for r in emu.manage_requests() if r.path.startswith("/api/v4/")}
+    assert len(tokens) == 1, f"{len(tokens)} access tokens, {_token_calls(emu)} token calls"
