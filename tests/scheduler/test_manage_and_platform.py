@@ -13,6 +13,10 @@ subprocesses, as in test_pool_enforcement.py, against one emulator speaking both
 Both DAGs are triggered together. The test checks that both runs succeed with exact outputs, that the two
 kinds of tasks did run at the same time, that the Platform never saw more than 3 requests in a second nor a
 429, and that no Manage window counted more than the limit nor answered a 429.
+
+The tasks keep their tokens in the default VariableTokenStore, which has no inter-process refresh lock: the
+two Manage tasks start together and may each refresh, so the report counts the access tokens seen (two so
+far); each token's windows are checked against the limit.
 """
 
 from __future__ import annotations
