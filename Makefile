@@ -39,6 +39,7 @@ soak: $(VENV)/.installed
 	$(PY) -m dev.soak --form full
 
 bench: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -r benchmarks/requirements.txt
 	$(PY) benchmarks/run_all.py
 
 # The user guide and API reference as HTML in docs/_build/html; any Sphinx warning fails the build.

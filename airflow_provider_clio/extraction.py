@@ -14,11 +14,11 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_clio.checkpoint import Checkpoint, Checkpointer, new_token
-from airflow_provider_clio.dates import parse_instant, parse_timestamp
+from airflow_provider_clio.dates import parse_timestamp
 from airflow_provider_clio.exceptions import (
     ClioBadRequestError,
     ClioConfigError,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_EVERY_PAGES",
+    "REQUEST_SLACK",
     "RESERVED_QUERY_PARAMS",
     "STALE_CURSOR_ERRORS",
     "Extraction",
@@ -40,7 +41,6 @@ __all__ = [
     "ExtractionResult",
     "Interval",
     "Sink",
-    "resolve_interval",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,19 @@ CHECKPOINT_EVERY_PAGES = 20
 RESERVED_QUERY_PARAMS = frozenset({"fields", "page_token", "updated_since"})
 """Query parameters that have their own task arguments and must not be passed in ``query_params``."""
 
+REQUEST_SLACK = timedelta(seconds=1)
+"""How much earlier than the lower bound ``updated_since`` is sent. The Platform spec calls Clio's
+``updated_since`` inclusive, the Manage spec exclusive: asking one second early and filtering
+client-side keeps a record stamped exactly on the bound either way."""
+
 
 @dataclass(frozen=True)
 class Interval:
     """
     The half-open ``[since, until)`` window of ``updated_at`` an extraction keeps; either end may be open.
 
-    :param since: Inclusive lower bound, sent to Clio as ``updated_since`` (inclusive on the Platform API).
+    :param since: Inclusive lower bound, applied to each record; Clio is asked for ``updated_since``
+        :data:`REQUEST_SLACK` earlier, whether its bound is inclusive or exclusive.
     :param until: Exclusive upper bound, applied to each record (Clio has no ``updated_before``).
     """
 
@@ -79,29 +85,6 @@ class Interval:
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
         }
-
-
-def resolve_interval(updated_since: Any, updated_until: Any, context: Mapping[str, Any]) -> Interval:
-    """
-    Build the interval from the rendered arguments.
-
-    With ``updated_since`` and no ``updated_until``, the upper bound is the run's ``data_interval_end`` when
-    that is later than ``updated_since`` (scheduled runs), else open (manual runs, whose interval is empty).
-    Consecutive scheduled intervals therefore partition the changes: each record version lands in exactly one.
-    """
-    since = parse_instant(updated_since, "updated_since")
-    until = parse_instant(updated_until, "updated_until")
-    if since is not None and until is not None and until <= since:
-        raise ClioConfigError(
-            f"updated_until ({until.isoformat()}) must be later than updated_since ({since.isoformat()})"
-        )
-    if since is not None and until is None:
-        end = context.get("data_interval_end")
-        if isinstance(end, datetime):
-            end_utc = parse_instant(end, "data_interval_end")
-            if end_utc is not None and end_utc > since:
-                until = end_utc
-    return Interval(since, until)
 
 
 def _jsonable(value: Any) -> Any:
@@ -179,7 +162,7 @@ class ExtractionPlan:
         normalized = normalize_fields(fields)
         request_fields, strip = _request_fields(normalized, list(required), interval)
         if interval.since is not None:
-            params["updated_since"] = interval.since.isoformat()
+            params["updated_since"] = (interval.since - REQUEST_SLACK).isoformat()
         projection = tuple(parse_fields(request_fields)) if request_fields is not None else None
         return cls(endpoint, normalized, request_fields, strip, _jsonable(params), interval, projection)
 
@@ -216,8 +199,8 @@ class ExtractionPlan:
             raise ClioBadRequestError(
                 f"Record id={record.get('id')!r} of {self.endpoint} has no parsable updated_at "
                 f"({record.get('updated_at')!r}), so it cannot be placed in the interval "
-                f"{self.interval.to_dict()}. Select updated_at in fields, or extract without "
-                "updated_since/updated_until",
+                f"{self.interval.to_dict()}. Select updated_at in fields, or extract "
+                "everything (mode='full')",
                 endpoint=self.endpoint,
             )
         return self.interval.contains(updated_at)

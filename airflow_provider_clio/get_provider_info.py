@@ -10,6 +10,9 @@ from airflow_provider_clio.regions import DEFAULT_REGION, REGIONS
 
 __all__ = ["API_LABELS", "REGION_LABELS", "get_provider_info"]
 
+API_LABELS: dict[str, str] = {"platform": "Clio Platform API (Grow)", "manage": "Clio Manage API v4"}
+"""The built-in APIs a connection may select, with the labels the connection form shows."""
+
 REGION_LABELS: dict[str, str] = {
     "us": "United States (us)",
     "ca": "Canada (ca)",
@@ -17,9 +20,6 @@ REGION_LABELS: dict[str, str] = {
     "au": "Australia (au)",
 }
 """What the connection form's region select shows for each region code (the code is what is saved)."""
-
-API_LABELS = {"platform": "Clio Platform API (Grow)", "manage": "Clio Manage API v4"}
-"""The built-in APIs a connection may select, with the labels the connection form shows."""
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -118,9 +118,9 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Pool name",
                         # The form saves an empty field as "pool": null; the hook reads null as the default.
                         "description": (
-                            "Airflow pool for this connection's tasks (default clio_<region>, Manage: "
-                            "clio_manage_<region>). Manage counts its limit per token: give every further "
-                            "Manage connection its own pool."
+                            "Airflow pool for this connection's tasks. Leave empty for clio_<region> "
+                            "(Manage: clio_manage_<region>). Manage counts its limit per token: give every "
+                            "further Manage connection its own pool."
                         ),
                         "schema": {"type": ["string", "null"]},
                     },
@@ -137,6 +137,3 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "cli": ["airflow_provider_clio.cli.definition.get_clio_cli_commands"],
     }
-
-
-__all__ = ["API_LABELS", "get_provider_info"]

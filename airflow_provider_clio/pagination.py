@@ -15,9 +15,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 from airflow_provider_clio.exceptions import ClioPaginationError
+from airflow_provider_clio.urls import url_problem
 
 if TYPE_CHECKING:
     from airflow_provider_clio.urls import UrlRules
+
+MAX_EMPTY_PAGES = 20
+"""Consecutive empty pages that each carry a fresh ``next`` link before pagination gives up."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +73,19 @@ def page_records(body: Any, url: str) -> list[dict[str, Any]]:
 
 class CursorTracker:
     """
-    Guard one pagination run: every URL goes where the token may go, and none is fetched twice.
+    Guard one pagination run: every URL goes where the token may go, none is fetched twice, and a server
+    sending empty page after empty page, each with a fresh cursor, is stopped after ``max_empty_pages``.
 
     :param urls: The connection's URL rules; ``next`` links are resolved with :meth:`UrlRules.resolve`.
+    :param max_empty_pages: Consecutive empty pages with a ``next`` link tolerated before giving up.
     """
 
-    def __init__(self, urls: UrlRules) -> None:
+    def __init__(self, urls: UrlRules, *, max_empty_pages: int = MAX_EMPTY_PAGES) -> None:
         self.urls = urls
+        self.max_empty_pages = max_empty_pages
         self._urls: set[str] = set()
         self._tokens: set[str] = set()
+        self._empty = 0
 
     def resolve(self, url: str, *, what: str = "next URL") -> str:
         """Return the URL to request for ``url``, or raise ClioPaginationError (see :class:`UrlRules`)."""
@@ -96,10 +104,27 @@ class CursorTracker:
             self._tokens.add(token)
 
     def follow(self, body: Mapping[str, Any], current_url: str) -> str | None:
-        """Return the URL to request for ``body``'s ``next`` link (see :meth:`resolve`), or ``None``."""
+        """
+        Return the URL to request for ``body``'s ``next`` link (see :meth:`resolve`), or ``None``.
+
+        Raise ClioPaginationError when the link is unsafe, or when this is the ``max_empty_pages``-th
+        empty page in a row that still has one: fresh cursors escape loop detection, so without this limit
+        a misbehaving server would be paged forever without a single record.
+        """
         link = next_link(body)
+        records = body.get("data")
+        self._empty = self._empty + 1 if link is not None and not records else 0
         if link is None:
             return None
+        problem = url_problem(link)
+        if problem is not None:
+            # Checked before urljoin, which silently strips some of the characters that make a URL unsafe.
+            raise ClioPaginationError(f"refusing to follow a next URL: {problem}")
+        if self._empty >= self.max_empty_pages:
+            raise ClioPaginationError(
+                f"{self._empty} empty pages in a row, each with a new next URL ({_short(current_url)}): "
+                "stopping instead of paging an endless run of empty pages"
+            )
         # Clio sends absolute URLs, which urljoin returns unchanged; a relative one resolves like a browser.
         return self.resolve(urljoin(current_url, link))
 
@@ -108,4 +133,4 @@ def _short(url: str, limit: int = 200) -> str:
     return url if len(url) <= limit else url[: limit - 1] + "…"
 
 
-__all__ = ["CursorTracker", "Page", "next_link", "page_records", "page_token_of"]
+__all__ = ["MAX_EMPTY_PAGES", "CursorTracker", "Page", "next_link", "page_records", "page_token_of"]

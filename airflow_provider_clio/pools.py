@@ -7,6 +7,8 @@ application's limit allows; a task holding ``k`` slots paces its hook at ``k * r
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow_provider_clio.exceptions import ClioConfigError
 
 POOL_PREFIX = "clio_"
@@ -18,17 +20,21 @@ def pool_name_for(region: str, override: str | None = None, *, prefix: str = POO
     return override or f"{prefix}{region}"
 
 
-def current_task_pool_slots() -> int | None:
-    """Return the ``pool_slots`` of the running Airflow task, or ``None`` outside a task."""
+def current_task() -> Any | None:
+    """Return the running Airflow task (the operator); ``None`` outside a task (CLI, triggerer, scripts)."""
     try:
         from airflow.sdk import get_current_context
 
         context = get_current_context()
     except Exception:
-        # No task is running (CLI, scripts, tests) or the SDK is unavailable: the caller falls back to 1.
+        # No task is running (CLI, scripts, tests) or the SDK is unavailable.
         return None
-    task = context.get("task") or getattr(context.get("ti"), "task", None)
-    slots = getattr(task, "pool_slots", None)
+    return context.get("task") or getattr(context.get("ti"), "task", None)
+
+
+def current_task_pool_slots() -> int | None:
+    """Return the ``pool_slots`` of the running Airflow task, or ``None`` outside a task."""
+    slots = getattr(current_task(), "pool_slots", None)
     if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1:
         return slots
     return None
@@ -43,4 +49,10 @@ def resolve_pool_slots(pool_slots: int | None) -> int:
     return pool_slots
 
 
-__all__ = ["POOL_PREFIX", "current_task_pool_slots", "pool_name_for", "resolve_pool_slots"]
+__all__ = [
+    "POOL_PREFIX",
+    "current_task",
+    "current_task_pool_slots",
+    "pool_name_for",
+    "resolve_pool_slots",
+]

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -34,39 +34,48 @@ DEFAULT_SAFETY = 0.05
 
 class RateLimiter:
     """
-    Space requests evenly at ``rate`` per second: a GCRA with zero burst tolerance, plus a window guard.
+    Space requests evenly at ``rate`` per second (a GCRA with zero burst) and guard every sliding window.
 
-    The limiter keeps the theoretical arrival time (TAT) of the next request. A caller reserves the slot
-    ``max(now, TAT)`` under the lock and moves TAT one emission interval ``T`` later, then sleeps *outside*
-    the lock, so concurrent threads queue up in reservation order without holding each other up.
+    **Spacing.** The limiter keeps the theoretical arrival time (TAT) of the next request. A caller reserves
+    the slot ``max(now, TAT)`` under the lock and moves TAT one emission interval ``T = (1 + safety) / rate``
+    later, then sleeps *outside* the lock, so concurrent threads queue up in reservation order. Why not
+    ``T = 1 / rate``: Clio counts requests in any sliding 1-second window, and ``rate + 1`` requests spaced
+    exactly ``1 / rate`` apart span exactly 1 s, so the slightest jitter between our send and the server's
+    arrival stamp puts ``rate + 1`` of them into one window. With the margin, ``rate + 1`` consecutive
+    requests span ``1 + safety`` seconds (1.05 s at the default), leaving 50 ms for jitter. No burst
+    after an idle period either (it would break the same window).
 
-    Why ``T = (1 + safety) / rate`` rather than ``1 / rate``: Clio counts requests in any sliding 1-second
-    window. With ``T = 1 / rate`` exactly, ``rate + 1`` consecutive requests span exactly 1 s, so the
-    slightest clock skew, scheduler hiccup or network jitter between our send and the server's arrival
-    stamp puts ``rate + 1`` of them into one window and earns a 429. With the margin, any ``N + 1``
-    consecutive requests span ``N * T = N (1 + safety) / rate`` seconds, which is more than 1 s for every
-    ``N >= rate``; at rate 3 the 4th request comes 1.05 s after the 1st, leaving 50 ms for jitter. Across
-    processes each one holds its own ``k`` slots of the pool, and each process keeps to ``k`` per second in
-    every window by the same argument, so their sum keeps to the pool's slots. The margin costs 5 % of
-    the throughput, and there is no burst after an idle period (a burst would break the same window).
+    **Window guard by send time.** Clio's limiter sits in front of the application, so a request is stamped
+    shortly after we send it, not when we get the answer. With ``k = max(1, floor(rate))`` requests allowed
+    per window, a request may leave at ``t`` only if the ``k``-th previous request of this limiter was
+    stamped more than ``window`` before ``t``; the latest it can have been stamped is taken as ``min(its
+    send + margin + its round trip's excess over the usual one, its answer)``. The check and the recording
+    of the send happen together under the lock, when the caller wakes up, so the guard holds whatever the
+    threads' wake-up order. On time, the guard coincides with the spacing: no round trip is paid.
 
-    The window guard covers what the margin cannot: a stall longer than the margin between our send and
-    the server's arrival stamp (a descheduled worker, a paused server). The server stamps a request after
-    we send it and before we get its response, so a request sent at least ``window`` seconds after the
-    response to the ``k``-th previous one can never share a window with it, whatever the delays. With
-    ``k = max(1, floor(rate))`` requests per window per process, the pool's slots again bound the sum. The
-    guard only binds when a response takes longer than the GCRA's slack (50 ms at rate 1); callers report
-    responses with :meth:`release`.
+    *Assumption*: the one-way delays from us to Clio's limiter of two requests ``k`` apart differ by less
+    than ``margin`` (default ``safety * window`` = 50 ms), and nothing stalls between :meth:`acquire`
+    returning and the request leaving. What covers the cases the assumption can miss:
 
-    Hand-over: a task that just got its pool slots does not know when their previous holder sent its last
-    request, only that it was before this task started. So a new limiter (and one whose rate changes) starts
-    with its window guard full, as if it had used every slot at that moment: its first request waits one
-    window, which puts it out of reach of every request sent before the slots changed hands. A real scheduler
-    run showed the cost of skipping this: a 4th request in one second, 0.5 s after a slot changed hands.
+    - *slot hand-over*: a new limiter (and one whose rate changes) starts as if it had sent ``k`` requests
+      that very moment, so its first request waits one window: the slots' previous holder sent its last
+      request before this task started;
+    - *stalled worker*: a caller that wakes up late is checked against the sends recorded meanwhile and
+      waits again if needed, and a late send pushes the next reservations back by a whole interval;
+    - *paused server*, stalled network or a send delayed after :meth:`acquire`: whatever a round trip took
+      beyond the shortest of the last 32 may have been spent before the stamp, so the guard adds that
+      excess (bounded by the answer); until 4 round trips are known it counts from answers; while a request
+      slower than usual is still in flight, the ``k``-th next one waits for its answer;
+    - *any 429* (:meth:`observe` / :meth:`on_rate_limited`): the assumption failed somewhere, so for
+      ``fallback_seconds`` the guard is the strict one, one window after the ``k``-th previous *answer*
+      (always safe, at the cost of one round trip per ``k`` requests); every 429 extends it.
 
     :param rate: Requests per second, > 0.
     :param safety: Margin on the emission interval (0.05 = 5 %).
     :param window: Length of the server's sliding window in seconds.
+    :param margin: Largest difference of one-way delays the send-time guard absorbs, seconds (default
+        ``safety * window``).
+    :param fallback_seconds: How long a 429 switches the guard to answer times.
     :param clock: Monotonic clock in seconds (injectable for tests).
     :param name: Label used in log lines.
     """
@@ -77,6 +86,8 @@ class RateLimiter:
         *,
         safety: float = DEFAULT_SAFETY,
         window: float = 1.0,
+        margin: float | None = None,
+        fallback_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
     ) -> None:
@@ -84,17 +95,28 @@ class RateLimiter:
             raise ClioConfigError(f"limiter safety margin must be >= 0, got {safety!r}")
         if not 0 <= window < math.inf:
             raise ClioConfigError(f"limiter window must be >= 0 seconds, got {window!r}")
+        margin = safety * window if margin is None else margin
+        for value in (margin, fallback_seconds):
+            if not 0 <= value < math.inf:
+                raise ClioConfigError(
+                    f"limiter margin and fallback_seconds must be >= 0 seconds, got {value!r}"
+                )
         self._safety = safety
         self._window = window
+        self._margin = margin
+        self._fallback = fallback_seconds
+        # The shortest recent round trips: the "usual" one, against which a held request stands out.
+        self._rtts: deque[float] = deque(maxlen=32)
         self._clock = clock
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._tat = -math.inf
+        self._strict_until = -math.inf
         self.name = name
         self._rate = _check_rate(rate)
         self._interval = (1.0 + safety) / self._rate
-        # Completion times of the most recent requests, one per request allowed in a window; seeded with the
-        # creation time for the slot hand-over (see the class docstring).
-        self._done: deque[float] = _full_window(clock(), self._rate)
+        # The last k sends, oldest first; seeded as if k requests had just been answered (slot hand-over).
+        self._sent: deque[_Send] = _full_window(clock(), self._rate)
 
     @property
     def rate(self) -> float:
@@ -109,7 +131,12 @@ class RateLimiter:
     @property
     def per_window(self) -> int:
         """Requests this limiter lets into one sliding window: ``max(1, floor(rate))``."""
-        return self._done.maxlen or 1
+        return self._sent.maxlen or 1
+
+    @property
+    def strict(self) -> bool:
+        """Whether the guard counts from answers (a 429 came less than ``fallback_seconds`` ago)."""
+        return self._clock() < self._strict_until
 
     def set_rate(self, rate: float) -> bool:
         """Change the rate for later reservations; return whether it changed."""
@@ -120,44 +147,124 @@ class RateLimiter:
             old, self._rate = self._rate, rate
             self._interval = (1.0 + self._safety) / rate
             # More slots may have just changed hands: treat the change like a fresh hand-over.
-            self._done = _full_window(self._clock(), rate)
+            self._sent = _full_window(self._clock(), rate)
         log.info("Clio rate limiter %s: rate changed from %.3g to %.3g req/s", self.name, old, rate)
         return True
 
     def reserve(self) -> float:
-        """Reserve the next free send time and return how many seconds to wait for it (>= 0)."""
+        """Reserve the next send slot and return how many seconds away it is (>= 0).
+
+        The slot honours the spacing and the window guard as known now; :meth:`acquire` checks the guard
+        again when the slot comes.
+        """
         with self._lock:
             now = self._clock()
-            start = max(now, self._tat)
-            if len(self._done) == self._done.maxlen:
-                start = max(start, self._done[0] + self._window)
+            start = max(now, self._tat, self._ready_at(now) or now)
             self._tat = start + self._interval
         return start - now
 
     def acquire(self, sleep: Callable[[float], None] = time.sleep) -> float:
         """Wait until this caller may send; return the seconds waited. Call :meth:`release` afterwards."""
-        delay = self.reserve()
-        if delay > 0:
-            sleep(delay)
+        started = self._clock()
+        slot = started + self.reserve()
+        while True:
             with self._lock:
-                # A late wake-up (busy host, GC pause) shortens the gap to the next request; push later
-                # reservations back so the gap before the next send is still a whole interval.
-                late_start = self._clock()
-                self._tat = max(self._tat, late_start + self._interval)
-        return delay
+                now = self._clock()
+                ready = self._ready_at(now)
+                if ready is not None and max(slot, ready) <= now:
+                    self._record_send(now, slot)
+                    return now - started
+            # Waiting on an unanswered request: poll, since its answer may come at any moment.
+            wait = max(slot, ready) - now if ready is not None else self._poll_seconds()
+            sleep(max(wait, 1e-4))
 
     def release(self) -> None:
-        """Record that the response to an acquired request arrived (or that the request failed)."""
+        """Record that the answer to this thread's acquired request arrived (or that the request failed)."""
         with self._lock:
-            self._done.append(self._clock())
+            send = getattr(self._local, "send", None)
+            self._local.send = None
+            if send is None or send.done is not None:
+                # Released from another thread than the one that acquired: answer the oldest one in flight.
+                send = next((s for s in self._sent if s.done is None), None)
+            if send is not None:
+                send.done = self._clock()
+                self._rtts.append(send.done - send.sent)
+
+    def observe(self, status_code: int, headers: Mapping[str, str] | None = None) -> None:
+        """Read an answer's status (the hook calls it for every API answer): a 429 makes the guard strict."""
+        if status_code == 429:
+            self.on_rate_limited()
+
+    def on_rate_limited(self) -> None:
+        """Fall back to the answer-time guard for ``fallback_seconds`` (the send-time assumption failed)."""
+        with self._lock:
+            was_strict = self._clock() < self._strict_until
+            self._strict_until = self._clock() + self._fallback
+        if not was_strict:
+            log.warning(
+                "Clio rate limiter %s: 429 received; pacing by answer times for %.0f s",
+                self.name,
+                self._fallback,
+            )
 
     def __repr__(self) -> str:
         return f"RateLimiter(name={self.name!r}, rate={self._rate!r}, interval={self._interval:.4f})"
 
+    # -- guard ---------------------------------------------------------------------------------------------
 
-def _full_window(now: float, rate: float) -> deque[float]:
+    def _ready_at(self, now: float) -> float | None:
+        """Earliest send time the window guard allows; None while it must wait for an answer (lock held)."""
+        if len(self._sent) < (self._sent.maxlen or 1):
+            return now
+        kth = self._sent[0]
+        # Until a few round trips are known, none is "usual": the guard counts from answers.
+        usual = min(self._rtts) if len(self._rtts) >= _WARM_UP else 0.0
+        if kth.done is None:
+            in_flight = now - kth.sent
+            if in_flight >= _LOST_AFTER:  # never released: a caller broke the protocol; do not wait forever
+                return kth.sent + _LOST_AFTER + self._window
+            if now < self._strict_until or in_flight - usual > self._margin:
+                return None  # slower than usual: it may not have been stamped yet, wait for its answer
+            return kth.sent + self._margin + self._window
+        if now < self._strict_until:
+            return kth.done + self._window
+        # Time a round trip took beyond the usual one may have been spent before the stamp (held at the door).
+        held = max(0.0, kth.done - kth.sent - usual)
+        return min(kth.sent + self._margin + held, kth.done) + self._window
+
+    def _record_send(self, now: float, slot: float) -> None:
+        """Record a send at ``now`` (lock held); a late wake-up pushes later reservations back."""
+        if now - slot > self._margin:
+            log.debug("Clio rate limiter %s: woke up %.3f s late", self.name, now - slot)
+        self._tat = max(self._tat, now + self._interval)
+        send = _Send(now)
+        self._sent.append(send)
+        self._local.send = send
+
+    def _poll_seconds(self) -> float:
+        return max(self._margin, 0.01)
+
+
+_WARM_UP = 4
+"""Round trips a limiter sees before it trusts the shortest one as the usual answer time."""
+
+_LOST_AFTER = 120.0
+"""Seconds after which a request never released is taken as stamped at that point (no infinite wait)."""
+
+
+class _Send:
+    """One request of a limiter: when it left and when its answer came (None while in flight)."""
+
+    __slots__ = ("done", "sent")
+
+    def __init__(self, sent: float, done: float | None = None) -> None:
+        self.sent = sent
+        self.done = done
+
+
+def _full_window(now: float, rate: float) -> deque[_Send]:
     per_window = _per_window(rate)
-    return deque([now] * per_window, maxlen=per_window)
+    return deque([_Send(now, now) for _ in range(per_window)], maxlen=per_window)
 
 
 def _per_window(rate: float) -> int:
@@ -297,7 +404,11 @@ class LimiterPacer:
         self.limiter.release()
 
     def observe(self, response: requests.Response) -> None:
-        """Nothing to learn: the rate comes from the pool slots, not from the server."""
+        """
+        Tell the limiter how the answer went: the rate comes from the pool slots, but a 429 means the
+        send-time assumption failed, so the limiter paces by answer times for a while.
+        """
+        self.limiter.observe(response.status_code, response.headers)
 
     def __repr__(self) -> str:
         return f"LimiterPacer({self.limiter!r})"

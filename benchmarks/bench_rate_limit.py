@@ -7,15 +7,18 @@ Scenarios against one emulator (default limit: 3 requests per sliding second per
 2. one process holding 3 pool slots.
 
 Prints, per region, the admitted request rate over the common active window, the utilisation of the limit,
-the most requests the emulator saw in any sliding second, and the 429s. Usage::
+the most requests the emulator saw in any sliding second, and the 429s. Each scenario runs on loopback and
+at ~200 ms round trips (the emulator's latency knobs: arrival stamped 20 +/- 15 ms after the send, the answer
+180 ms after that). Usage::
 
-    python benchmarks/bench_rate_limit.py [--duration 15] [--json]
+    python benchmarks/bench_rate_limit.py [--duration 15] [--latency loopback 200ms] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -24,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
+LATENCIES = ("loopback", "200ms")
 
 
 def _load_scenario() -> ModuleType:
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds each scenario runs")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--latency", nargs="+", choices=LATENCIES, default=list(LATENCIES))
     args = parser.parse_args(argv)
 
     # Never touch the developer's ~/airflow: Airflow reads its home when first imported.
@@ -51,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
     scenario = _load_scenario()
-    from airflow_provider_clio.testing import ClioEmulator
+    from airflow_provider_clio.testing import ClioEmulator, Latency
+
+    latencies = {
+        "loopback": Latency(),
+        "200ms": Latency(inbound_delay=0.02, inbound_jitter=0.015, response_delay=0.18, seed=1),
+    }
 
     runs = {
         "3 processes on us (1 slot each) + 1 on eu": [
@@ -64,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary = {}
     exceeded = False
-    for title, workers in runs.items():
-        with ClioEmulator(records={"contacts": 20000}) as emu:
+    for (name, workers), latency in itertools.product(runs.items(), args.latency):
+        title = f"{name}, {latency}"
+        with ClioEmulator(records={"contacts": 20000}, latency=latencies[latency]) as emu:
             for client_id, region in {(w.client_id, w.region) for w in workers}:
                 emu.register_app(client_id=client_id, client_secret="bench-secret-value", region=region)
             workdir = Path(tempfile.mkdtemp(prefix="clio-bench-"))

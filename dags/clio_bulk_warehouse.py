@@ -4,7 +4,9 @@ Bulk load into a warehouse: Clio → Parquet on object storage → staging table
 
 Two DAGs joined by Assets (docs/warehouse.md):
 
-- ``clio_bulk_extract`` (hourly) extracts each endpoint's changes of the interval as Parquet to
+- ``clio_bulk_extract`` (hourly) extracts each endpoint's changes since the last successful run
+  (``mode="since_last_success"``: nothing is skipped after a pause; consecutive folders may share a record
+  changed within the 5-minute overlap, which the merge's latest-row-per-id absorbs) as Parquet to
   ``<CLIO_LAKE_ROOT>/<endpoint>/<interval start>/`` and, once the folder's ``_manifest.json`` is committed,
   emits an event on the endpoint's Asset (``<CLIO_LAKE_ROOT>/<endpoint>``) naming that folder.
 - ``clio_bulk_merge`` runs when either Asset has new events and merges every announced folder into its table
@@ -49,8 +51,6 @@ with DAG(
     start_date=START,
     catchup=False,
     max_active_runs=1,
-    # Renders `None` as None, so a full refresh passes no updated_since at all.
-    render_template_as_native_obj=True,
     params={"full_refresh": Param(False, type="boolean", description="Extract every record")},
     tags=["clio", "example"],
 ) as extract_dag:
@@ -59,7 +59,7 @@ with DAG(
             task_id=f"extract_{name}",
             endpoint=f"grow/{name}",
             fields=fields,
-            updated_since="{{ None if params.full_refresh else data_interval_start }}",
+            mode="{{ 'full' if params.full_refresh else 'since_last_success' }}",
             destination=f"{LAKE_ROOT}/{name}/"
             + "{{ 'full' if params.full_refresh else data_interval_start | ts_nodash }}",
             file_format="parquet",

@@ -2,9 +2,12 @@
 """
 Hourly incremental load of Clio contacts, matters and activities into a SQL warehouse.
 
-Each run loads the records whose ``updated_at`` falls in its data interval, upserting on ``id``, so
-consecutive runs partition the changes and a rerun changes nothing. Trigger a run with
-``{"full_refresh": true}`` for the first load or a backfill of everything.
+Each run loads, with ``mode="since_last_success"``, the records changed since the end of the last
+successful run's interval (minus a 5-minute overlap) up to its own interval end, upserting on ``id``.
+After a pause or an outage (``catchup=False`` runs only the latest interval) the next run therefore
+loads every change in between; the overlap re-reads a few rows the upsert absorbs, and a rerun
+changes nothing. Trigger a run with ``{"full_refresh": true}`` for the first load or to reload
+everything. A weekly reconcile (``clio_weekly_reconcile``) marks the rows deleted in Clio.
 
 All three tasks run in the connection region's pool (``clio_us`` here; create it with
 ``airflow clio pools``): each holds one slot and paces itself at one request per second, so the
@@ -43,9 +46,7 @@ with DAG(
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     max_active_runs=1,
-    # Renders `None` and datetimes as Python objects, so a full refresh passes no updated_since at all.
-    render_template_as_native_obj=True,
-    params={"full_refresh": Param(False, type="boolean", description="Load every record, not one interval")},
+    params={"full_refresh": Param(False, type="boolean", description="Load every record, not the changes")},
     tags=["clio", "example"],
 ) as dag:
     for endpoint, (table, fields) in EXTRACTS.items():
@@ -54,7 +55,7 @@ with DAG(
             clio_conn_id="clio_default",
             endpoint=endpoint,
             fields=fields,
-            updated_since="{{ None if params.full_refresh else data_interval_start }}",
+            mode="{{ 'full' if params.full_refresh else 'since_last_success' }}",
             sql_conn_id="clio_warehouse",
             table=table,
         )

@@ -2,9 +2,10 @@
 """
 Hourly incremental load of Clio Manage matters, activities and bills into a SQL warehouse.
 
-Each run loads the records whose ``updated_at`` falls in its data interval, upserting on ``id``, so
-consecutive runs partition the changes and a rerun changes nothing. Trigger a run with
-``{"full_refresh": true}`` for the first load or a backfill of everything.
+Each run loads, with ``mode="since_last_success"``, the records changed since the end of the last
+successful run's interval (minus a 5-minute overlap) up to its own interval end, upserting on ``id``, so
+nothing is skipped after a pause and a rerun changes nothing. Trigger a run with ``{"full_refresh": true}``
+for the first load or to reload everything.
 
 Connection ``clio_manage`` (type ``clio``, extra ``{"api": "manage"}``) holds a Clio Manage application
 and one user's token. Manage counts its rate limit per access token (50 requests a minute at peak, more
@@ -95,9 +96,7 @@ with DAG(
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     max_active_runs=1,
-    # Renders `None` and datetimes as Python objects, so a full refresh passes no updated_since at all.
-    render_template_as_native_obj=True,
-    params={"full_refresh": Param(False, type="boolean", description="Load every record, not one interval")},
+    params={"full_refresh": Param(False, type="boolean", description="Load every record, not the changes")},
     tags=["clio", "clio-manage", "example"],
 ) as dag:
     for endpoint, (table, fields) in EXTRACTS.items():
@@ -107,8 +106,7 @@ with DAG(
             pool=POOL,
             endpoint=endpoint,
             fields=fields,
-            # TODO(lead): switch to mode="since_last_success" (gap-free) once the operators' mode lands.
-            updated_since="{{ None if params.full_refresh else data_interval_start }}",
+            mode="{{ 'full' if params.full_refresh else 'since_last_success' }}",
             sql_conn_id="clio_warehouse",
             table=table,
         )

@@ -2,9 +2,11 @@
 """
 Load matters only once Clio has changes for the interval.
 
-The sensor asks Clio for one page of matters updated since the interval start. In ``reschedule``
-mode it gives its worker and its pool slot back between pokes, so a waiting sensor costs no
-request budget; set ``deferrable=True`` to hand the wait to the triggerer instead.
+The sensor asks Clio for one page of matters updated since the last successful run's interval
+end (the interval start before the first success), and the load reads the same changes with
+``mode="since_last_success"``, so days the DAG was paused are not skipped. In ``reschedule``
+mode the sensor gives its worker and its pool slot back between pokes, so a waiting sensor costs
+no request budget; set ``deferrable=True`` to hand the wait to the triggerer instead.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ with DAG(
         task_id="wait_for_changed_matters",
         clio_conn_id="clio_default",
         endpoint="grow/matters",
-        updated_since="{{ data_interval_start }}",
+        updated_since="{{ prev_data_interval_end_success or data_interval_start }}",
         mode="reschedule",
         poke_interval=datetime.timedelta(minutes=10),
         timeout=datetime.timedelta(hours=6),
@@ -39,7 +41,7 @@ with DAG(
         clio_conn_id="clio_default",
         endpoint="grow/matters",
         fields=["id", "display_number", "status", "client{id,name}", "updated_at"],
-        updated_since="{{ data_interval_start }}",
+        mode="since_last_success",
         sql_conn_id="clio_warehouse",
         table="clio_matters",
     )

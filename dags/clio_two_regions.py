@@ -6,6 +6,10 @@ Each region is a separate Clio instance with its own OAuth application and its o
 second, so each task runs in its own region's pool (``clio_us`` and ``clio_eu``), derived from the
 connection. The destination is any ``ObjectStoragePath`` URL (``file://``, ``s3://``, ``gs://`` ...);
 each run writes one folder per interval and commits it with a ``_manifest.json``.
+
+``mode="since_last_success"`` exports the changes since the last successful run (minus a 5-minute
+overlap), so a paused DAG loses nothing. Each folder is exact for its run; consecutive folders may
+both hold a record changed within the overlap: readers dedupe on (``id``, ``updated_at``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,6 @@ with DAG(
             region=region,
             endpoint="grow/contacts",
             fields=["id", "name", "email", "status", "updated_at"],
-            updated_since="{{ data_interval_start }}",
+            mode="since_last_success",
             destination=EXPORT_ROOT + f"/{region}/contacts/" + "{{ data_interval_start | ts_nodash }}",
         )

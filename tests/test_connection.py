@@ -221,6 +221,11 @@ def test_secrets_are_registered_with_the_masker() -> None:
 def test_urls_follow_the_api_token_rules() -> None:
     settings = config(extra={"region": "eu"})
     assert settings.urls.endpoint("grow/contacts") == "https://eu.api.clio.com/grow/contacts"
-    assert settings.urls.may_carry_token("https://grow.clio.com/api/v2/contacts")
+    # The token goes to the region's API host only: not another Clio host, not another region's.
+    assert settings.urls.may_carry_token("https://eu.api.clio.com/grow/contacts?page_token=t")
+    assert not settings.urls.may_carry_token("https://grow.clio.com/api/v2/contacts")
+    assert not settings.urls.may_carry_token("https://api.clio.com/grow/contacts")
     proxied = config(host="https://clio-proxy.example.com", extra={"region": "eu"})
     assert not proxied.urls.may_carry_token("https://grow.clio.com/api/v2/contacts")
+    assert not proxied.urls.may_carry_token("https://eu.api.clio.com/grow/contacts")
+    assert proxied.urls.may_carry_token("https://clio-proxy.example.com/grow/contacts")

@@ -162,3 +162,35 @@ def test_units_hold_whole_pages_and_each_commit_saves_the_next_page(
     assert (resumed.resumed, resumed.resumed_units, resumed.pages_read) == (True, 3, 0)
     assert again.restored == [{"committed": 3}]
     assert emu.count(path_prefix="/grow") == requests
+
+
+@pytest.mark.parametrize("inclusive", [True, False], ids=["platform-inclusive", "manage-exclusive"])
+def test_a_record_stamped_on_the_lower_bound_is_kept_either_way_clio_reads_updated_since(
+    inclusive: bool,
+    clio_emulator_factory: Callable[..., ClioEmulator],
+    monkeypatch: pytest.MonkeyPatch,
+    support: ModuleType,
+) -> None:
+    emu = clio_emulator_factory(
+        rate_limit=1000, records={"contacts": 60}, page_size=20, updated_since_inclusive=inclusive
+    )
+    since = datetime.datetime(2026, 8, 1, tzinfo=UTC)
+    until = since + datetime.timedelta(hours=1)
+    emu.touch("contacts", [7], at=since)  # exactly on the inclusive lower bound
+    emu.touch("contacts", [8], at=since - datetime.timedelta(microseconds=1))  # just before: not this one's
+    emu.touch("contacts", [9], at=until - datetime.timedelta(microseconds=1))
+    emu.touch("contacts", [10], at=until)  # the exclusive upper bound: the next interval's
+    hook = ClioHook(support.clio_connection(monkeypatch, emu), token_store=MemoryTokenStore())
+    plan = ExtractionPlan.build("grow/contacts", ["id", "updated_at"], None, Interval(since, until))
+    # Clio is asked for one second more than needed; the interval is applied to each record.
+    assert plan.params["updated_since"] == "2026-07-31T23:59:59+00:00"
+    sink = _ListSink()
+    Extraction(
+        hook=hook,
+        plan=plan,
+        checkpointer=Checkpointer(MemoryCheckpointStore(), plan.key()),
+        sink=sink,
+        unit_size=50,
+    ).run()
+    assert [r["id"] for unit in sink.units for r in unit] == [7, 9]
+    assert plan.dropped == 2  # id 8 (returned by the one-second slack) and id 10, filtered client-side

@@ -80,11 +80,51 @@ def test_tracker_refuses_a_foreign_next_url(host_override: bool) -> None:
         tracker.follow(body, f"{base}/grow/contacts")
 
 
-def test_tracker_rewrites_a_clio_next_url_onto_the_override() -> None:
+def test_tracker_rewrites_an_api_host_next_url_onto_the_override() -> None:
     base = "https://clio-proxy.example.com/clio"
-    body = {"meta": {"paging": {"next": "https://grow.clio.com/api/v2/contacts?page_token=t"}}}
+    body = {"meta": {"paging": {"next": "https://api.clio.com/grow/contacts?page_token=t"}}}
     followed = tracker_for(base, host_override=True).follow(body, f"{base}/grow/contacts")
-    assert followed == f"{base}/api/v2/contacts?page_token=t"
+    assert followed == f"{base}/grow/contacts?page_token=t"
+    # Another Clio host is not the connection's API host: refused, not rewritten.
+    body = {"meta": {"paging": {"next": "https://grow.clio.com/api/v2/contacts?page_token=t"}}}
+    with pytest.raises(ClioPaginationError, match="would carry the access token"):
+        tracker_for(base, host_override=True).follow(body, f"{base}/grow/contacts")
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "http://127.0.0.1:1111\\@127.0.0.1:8765/grow/contacts?page_token=p2",
+        "https://evil.example\\@api.clio.com/grow/contacts?page_token=p2",
+        "/grow/contacts?page_token=p2\\@evil",
+        "\t/grow/contacts?page_token=p2",
+        "https://user@api.clio.com/grow/contacts?page_token=p2",
+    ],
+)
+def test_tracker_refuses_an_unsafe_next_link_before_joining_it(link: str) -> None:
+    # Checked as sent: urljoin would strip some of these characters and hide what the server sent.
+    base = "http://127.0.0.1:8765"
+    body = {"data": [{"id": 1}], "meta": {"paging": {"next": link}}}
+    with pytest.raises(ClioPaginationError, match="refusing to follow a next URL: it"):
+        tracker_for(base, host_override=True).follow(body, f"{base}/grow/contacts")
+
+
+def test_tracker_stops_after_20_empty_pages_with_fresh_cursors() -> None:
+    tracker = tracker_for()
+
+    def empty(n: int) -> dict[str, Any]:
+        return {"data": [], "meta": {"paging": {"next": f"{BASE}/grow/contacts?page_token=e{n}"}}}
+
+    for n in range(19):
+        assert tracker.follow(empty(n), BASE) is not None
+    # A page with records resets the count.
+    assert tracker.follow({"data": [{"id": 1}], "meta": {"paging": {"next": f"{BASE}/x?page_token=r"}}}, BASE)
+    for n in range(19):
+        assert tracker.follow(empty(100 + n), BASE) is not None
+    with pytest.raises(ClioPaginationError, match="20 empty pages in a row"):
+        tracker.follow(empty(200), BASE)
+    # An empty last page ends the run normally.
+    assert tracker_for().follow({"data": [], "meta": {"paging": {}}}, BASE) is None
 
 
 def test_a_rewritten_next_url_still_counts_for_loop_detection() -> None:
@@ -93,7 +133,7 @@ def test_a_rewritten_next_url_still_counts_for_loop_detection() -> None:
     first = tracker.resolve("https://api.clio.com/grow/contacts?page_token=a")
     tracker.visit(first)
     with pytest.raises(ClioPaginationError, match="pagination loop"):
-        tracker.visit(tracker.resolve("https://grow.clio.com/grow/contacts?page_token=a"))
+        tracker.visit(tracker.resolve("http://127.0.0.1:8765/grow/contacts?page_token=a"))
 
 
 def test_tracker_detects_a_repeated_url() -> None:

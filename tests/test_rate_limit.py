@@ -53,11 +53,22 @@ def _settled(limiter: RateLimiter, fake: FakeTime) -> RateLimiter:
     return limiter
 
 
+def _warmed(limiter: RateLimiter, fake: FakeTime) -> RateLimiter:
+    """Give a limiter the round trips (10 ms each) it needs before it trusts send times; settle it."""
+    for _ in range(4):
+        limiter.acquire(fake.sleep)
+        fake.now += 0.01
+        limiter.release()
+    fake.now += 2.0
+    return limiter
+
+
 def _send_times(limiter: RateLimiter, fake: FakeTime, n: int) -> list[float]:
     times = []
     for _ in range(n):
         limiter.acquire(fake.sleep)
         times.append(fake.now)
+        limiter.release()  # an instant answer
     return times
 
 
@@ -101,9 +112,11 @@ def test_no_burst_after_idle() -> None:
 
 def test_work_between_requests_is_not_added_to_the_interval() -> None:
     fake = FakeTime()
-    limiter = RateLimiter(1, clock=fake.clock)
+    limiter = _warmed(RateLimiter(1, clock=fake.clock), fake)
     limiter.acquire(fake.sleep)
-    fake.now += 0.4  # the request itself took 400 ms
+    fake.now += 0.01  # the usual 10 ms round trip
+    limiter.release()
+    fake.now += 0.39  # then 390 ms of work on the page
     waited = limiter.acquire(fake.sleep)
     assert waited == pytest.approx(1.05 - 0.4)
 
@@ -112,12 +125,14 @@ def test_late_wake_up_pushes_the_next_reservation_back() -> None:
     fake = FakeTime()
     limiter = RateLimiter(1, clock=fake.clock)
     limiter.acquire(fake.sleep)
+    limiter.release()
 
     def oversleep(seconds: float) -> None:
         fake.sleep(seconds + 0.2)  # a busy host woke us 200 ms late
 
     limiter.acquire(oversleep)
     sent_late = fake.now
+    limiter.release()
     limiter.acquire(fake.sleep)
     assert fake.now - sent_late == pytest.approx(limiter.interval)
 
@@ -138,38 +153,70 @@ def test_window_guard_is_idle_while_responses_are_fast() -> None:
     assert limiter.acquire(fake.sleep) == pytest.approx(1.03)
 
 
-def test_window_guard_waits_a_window_after_a_slow_response() -> None:
+def test_slow_response_does_not_cost_its_round_trip() -> None:
+    # The server stamps a request shortly after its send: a 300 ms answer does not delay the next send,
+    # as long as round trips that long are usual.
     fake = FakeTime()
-    limiter = RateLimiter(1, clock=fake.clock)
+    limiter = _settled(RateLimiter(1, clock=fake.clock), fake)
+    for _ in range(4):
+        limiter.acquire(fake.sleep)
+        fake.now += 0.3
+        limiter.release()
     limiter.acquire(fake.sleep)
-    fake.now += 0.3  # the response took 300 ms: the server may have stamped the request that late
+    sent = fake.now
+    fake.now += 0.3
     limiter.release()
-    start = fake.now
     limiter.acquire(fake.sleep)
-    assert fake.now - start == pytest.approx(1.0)
+    assert fake.now - sent == pytest.approx(limiter.interval)
+
+
+def test_window_guard_counts_from_the_answer_of_an_unusually_slow_request() -> None:
+    # Usual round trips take 10 ms; one takes 300 ms: it may have waited at the server's door (a paused
+    # server) and been stamped just before its answer, so the next request waits one window after that answer.
+    fake = FakeTime()
+    limiter = _warmed(RateLimiter(1, clock=fake.clock), fake)
+    limiter.acquire(fake.sleep)
+    fake.now += 0.3
+    limiter.release()
+    answered = fake.now
+    limiter.acquire(fake.sleep)
+    assert fake.now - answered == pytest.approx(1.0)
+
+
+def test_new_limiter_counts_from_answers_until_round_trips_are_known() -> None:
+    fake = FakeTime()
+    limiter = _settled(RateLimiter(1, clock=fake.clock), fake)
+    limiter.acquire(fake.sleep)
+    fake.now += 0.3
+    limiter.release()
+    answered = fake.now
+    limiter.acquire(fake.sleep)
+    assert fake.now - answered == pytest.approx(1.0)
 
 
 def test_window_guard_counts_back_per_window_requests() -> None:
     fake = FakeTime()
-    limiter = RateLimiter(3, clock=fake.clock)
+    limiter = _settled(RateLimiter(3, clock=fake.clock, safety=0.0, margin=0.05), fake)
     sends = []
     for _ in range(4):
         limiter.acquire(fake.sleep)
         sends.append(fake.now)
-        fake.now += 0.4  # sequential requests, 400 ms each
+        fake.now += 0.01
         limiter.release()
-    # The 4th may not go before the 1st's response (at +0.4) plus one window.
-    assert sends[3] - sends[0] == pytest.approx(1.4)
-    assert sends[1] - sends[0] == pytest.approx(0.4)
+    # Without the spacing's margin (safety 0), the 4th waits for the guard: 1st send + margin + window.
+    assert sends[1] - sends[0] == pytest.approx(1 / 3)
+    assert sends[3] - sends[0] == pytest.approx(1.01)  # the 1st was answered 10 ms after its send
 
 
 @pytest.mark.parametrize("rate", [1, 2, 3])
-def test_no_window_overflows_whatever_the_latency(rate: int) -> None:
-    # The server stamps each request at some moment between our send and its response. With latencies
-    # far beyond the safety margin (stalls up to 1.5 s), no 1-second window may hold more than `rate`.
+def test_after_a_429_no_window_overflows_whatever_the_latency(rate: int) -> None:
+    # After a 429 the guard counts from answers again: the server stamps each request at some moment between
+    # our send and its answer, and with latencies far beyond the margin (stalls up to 1.5 s), no 1-second
+    # window may hold more than `rate`.
     rng = random.Random(rate)
     fake = FakeTime()
-    limiter = RateLimiter(rate, clock=fake.clock)
+    limiter = RateLimiter(rate, clock=fake.clock, fallback_seconds=10_000)
+    limiter.observe(429, {})
     arrivals = []
     for _ in range(300):
         limiter.acquire(fake.sleep)
@@ -273,6 +320,7 @@ def test_shared_limiter_paces_hooks_together() -> None:
     first = _settled(shared_limiter("app", "us", 1, clock=fake.clock), fake)
     second = shared_limiter("app", "us", 1, clock=fake.clock)
     first.acquire(fake.sleep)
+    first.release()
     second.acquire(fake.sleep)
     assert fake.now - 1001.0 == pytest.approx(1.05)
     reset_shared_limiters()
@@ -289,3 +337,20 @@ def test_limiter_pacer_paces_with_its_limiter_and_ignores_responses() -> None:
     pacer.observe(requests.Response())  # a fixed-rate pacer learns nothing from responses
     assert pacer.acquire(fake.sleep) == pytest.approx(1.05)
     assert fake.sleeps == pytest.approx([1.05])
+
+
+def test_the_platform_pacer_hands_a_429_to_its_limiter_so_pacing_turns_strict():
+    import requests
+
+    from airflow_provider_clio.rate_limit import LimiterPacer
+
+    limiter = RateLimiter(3.0, clock=FakeTime().clock)
+    pacer = LimiterPacer(limiter)
+    ok = requests.Response()
+    ok.status_code = 200
+    pacer.observe(ok)
+    assert not limiter.strict
+    limited = requests.Response()
+    limited.status_code = 429
+    pacer.observe(limited)
+    assert limiter.strict

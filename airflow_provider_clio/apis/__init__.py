@@ -43,8 +43,6 @@ class ApiSpec:
         ``False`` means a token response may omit ``refresh_token`` and the old one stays valid.
     :param parse_error: Error body -> ``(error_code, message)``; neither scrubbed nor truncated.
     :param make_pacer: Build (or share) the in-process pacer of one application, region and rate.
-    :param token_domains: Domains whose every https host on port 443 may receive the bearer token besides
-        the API host itself (Clio: ``clio.com``, where its ``next`` links may point).
     :param pool_prefix: Default Airflow pool of a region: ``f"{pool_prefix}{region}"``.
     :param probe_endpoint: A cheap authenticated list endpoint for connection tests.
     :param headers: Headers every API request carries (not the OAuth token endpoint's), e.g. a pinned
@@ -66,7 +64,6 @@ class ApiSpec:
     rotates_refresh_token: bool
     parse_error: Callable[[bytes | str | None], tuple[str | None, str]]
     make_pacer: Callable[[PacerRequest], Pacer]
-    token_domains: tuple[str, ...] = ()
     pool_prefix: str = "clio_"
     probe_endpoint: str = "grow/users"
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -88,13 +85,12 @@ class ApiSpec:
 
     def token_hosts(self, region: str) -> frozenset[str]:
         """
-        Return the hosts a request of ``region`` may carry the bearer token to (https, port 443).
+        Return the exact hosts a request of ``region`` may carry the bearer token to (https, port 443).
 
-        An entry with a leading dot stands for every subdomain of that domain, as in a cookie's domain.
+        Only the region's API host: no wildcard, no other region, no other host of the same company, since
+        every host on that list is trusted with a token that reads the whole account.
         """
-        return frozenset(
-            {self.api_hosts[region], *self.token_domains, *(f".{d}" for d in self.token_domains)}
-        )
+        return frozenset({self.api_hosts[region]})
 
     def error_parser(self, status: int) -> Callable[[bytes | str | None], tuple[str | None, str]]:
         """Return :attr:`parse_error`, adding the API's hint for ``status`` (if any) to the message."""

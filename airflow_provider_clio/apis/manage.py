@@ -16,8 +16,8 @@ Selected by the connection extra ``{"api": "manage"}``; endpoints are relative t
   seconds: a pinned version keeps the columns' meaning). A list's first page always asks for cursor paging,
   ``order=id(asc)`` (some lists default to ``date(asc)``), never ``offset``, and ``fields=id,etag`` when the
   caller selected none (Manage answers only those two without ``fields``).
-- ``updated_since`` means "after" on Manage, "on or after" on the Platform. The provider's intervals include
-  their start, so the value sent is one second earlier; records before the interval are dropped client-side.
+- ``updated_since`` means "after" on Manage, "on or after" on the Platform: the operators ask one second early
+  for both (:data:`~airflow_provider_clio.extraction.REQUEST_SLACK`) and drop what falls before the interval.
 - Rate limit: per access token, in 60-second windows, announced in ``X-RateLimit-*`` headers and varying with
   the time of day: :class:`~airflow_provider_clio.token_budget.TokenBudgetPacer` paces each task at its share
   ``pool_slots / pool_size`` of the token's budget. One pool per token: ``clio_manage_<region>`` by default;
@@ -27,12 +27,10 @@ Selected by the connection extra ``{"api": "manage"}``; endpoints are relative t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
 from airflow_provider_clio.apis import ApiSpec
-from airflow_provider_clio.dates import parse_instant
 from airflow_provider_clio.exceptions import ClioConfigError, parse_error_body
 from airflow_provider_clio.rate_limit import Pacer, PacerRequest
 from airflow_provider_clio.token_budget import TokenBudgetPacer
@@ -55,24 +53,15 @@ the token's budget, 10 requests a minute at the peak limit of 50."""
 LIST_DEFAULTS = MappingProxyType({"order": "id(asc)", "fields": "id,etag"})
 """What a list's first page asks for unless the caller says otherwise."""
 
-UPDATED_SINCE_OVERLAP = timedelta(seconds=1)
-"""How much earlier than asked ``updated_since`` is sent, to turn Manage's "after" into "on or after"."""
-
 
 def manage_list_query(query: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a list's first query: cursor paging by id, default fields, an inclusive ``updated_since``."""
+    """Return a list's first query: cursor paging by id (never ``offset``) and default fields."""
     if "offset" in query:
         raise ClioConfigError(
             "query parameter 'offset' is not supported: Clio Manage stops offset paging at 10,000 records "
             "(HTTP 422), so the provider pages by cursor (order=id(asc)) through every record"
         )
-    sent = {**LIST_DEFAULTS, **query}
-    since = sent.get("updated_since")
-    if since is not None:
-        instant = parse_instant(since, "updated_since")
-        if instant is not None:
-            sent["updated_since"] = (instant - UPDATED_SINCE_OVERLAP).isoformat()
-    return sent
+    return {**LIST_DEFAULTS, **query}
 
 
 def manage_pacer(request: PacerRequest) -> Pacer:
@@ -90,7 +79,6 @@ MANAGE = ApiSpec(
     rotates_refresh_token=False,
     parse_error=parse_error_body,
     make_pacer=manage_pacer,
-    token_domains=(),
     pool_prefix=POOL_PREFIX,
     probe_endpoint="users/who_am_i",
     headers=MappingProxyType({"X-API-VERSION": API_VERSION}),

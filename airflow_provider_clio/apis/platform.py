@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """The Clio Platform API (``grow/...`` endpoints): its hosts, tokens, error bodies, pacing and pools.
 
-- Hosts: one API host and one OAuth host per region; ``next`` links may name any ``https://*.clio.com`` host
-  (Clio's own example is ``https://grow.clio.com/api/v2/contacts?page_token=…``), which may get the token.
+- Hosts: one API host and one OAuth host per region. The bearer token goes to the region's API host only
+  (https, port 443): a ``next`` link naming another host (another region's, or the legacy ``grow.clio.com``
+  of an example in Clio's spec) is refused, not followed (see :mod:`~airflow_provider_clio.urls`).
 - Tokens: refresh tokens rotate: every refresh answers a new pair and revokes the old refresh token.
 - Errors: ``{"error": {"status", "message"}}``, OAuth's ``{"error", "error_description"}``, a bare
   ``{"message"}`` on 429, or proxy pages (:func:`~airflow_provider_clio.exceptions.parse_error_body`).
@@ -46,7 +47,6 @@ PLATFORM = ApiSpec(
     rotates_refresh_token=True,
     parse_error=parse_error_body,
     make_pacer=platform_pacer,
-    token_domains=("clio.com",),
     pool_prefix=POOL_PREFIX,
     probe_endpoint="grow/users",
 )

@@ -262,7 +262,6 @@ def _report_pool(name: str, per_slot: float, limit: float, conn_id: str) -> bool
             "(tasks in a missing pool are never scheduled)."
         )
         return False
-    deferred = "keep" if pool.include_deferred else "release"
     problem = budget_problem(pool.slots, per_slot, limit)
     if problem:
         print(
@@ -270,8 +269,16 @@ def _report_pool(name: str, per_slot: float, limit: float, conn_id: str) -> bool
             f"{slots_for(limit, per_slot)} slots) or lower the connection's requests_per_slot."
         )
         return False
+    if not pool.include_deferred:
+        # Checked here, not by the sensor: a task cannot read its pool on Airflow 3 (no Task SDK route).
+        print(
+            f"FAILED: Pool: {name} has include_deferred off: a deferrable ClioRecordsSensor would give its "
+            "slot back while its trigger keeps polling, so the pool's tasks could exceed the limit. Run "
+            f"`airflow clio pools --conn-id {conn_id} --include-deferred`."
+        )
+        return False
     print(
         f"OK: Pool: {name} ({pool.slots} slots x {per_slot:g} req/s per slot = {pool.slots * per_slot:g} "
-        f"req/s within the limit of {limit:g} req/s; deferred tasks {deferred} their slot)."
+        f"req/s within the limit of {limit:g} req/s; deferred tasks keep their slot)."
     )
     return True

@@ -43,8 +43,9 @@ from airflow_provider_clio.exceptions import (
     truncate,
 )
 from airflow_provider_clio.fields import normalize_fields
+from airflow_provider_clio.lookups import RecordLookup
 from airflow_provider_clio.pagination import CursorTracker, Page, page_records
-from airflow_provider_clio.pools import resolve_pool_slots
+from airflow_provider_clio.pools import current_task, resolve_pool_slots
 from airflow_provider_clio.rate_limit import PacerRequest
 from airflow_provider_clio.responses import Answer, classify
 from airflow_provider_clio.retrying import RetrySettings, log_before_sleep
@@ -142,6 +143,9 @@ class ClioHook(BaseHook):
     :param token_store: Where rotated tokens are persisted; default :class:`VariableTokenStore`.
     :param retry: In-request retry policy; default :class:`RetrySettings()`.
     :param timeout: Read timeout of one request in seconds (the connect timeout is at most 10 s).
+    :param enforce_pool: Inside an Airflow task, refuse (ClioConfigError, before any request) when the task
+        runs in another pool than the one holding the connection's rate budget (:attr:`pool_name`): its
+        requests would not be counted there. Pass ``False`` only when you account for the budget yourself.
     :param clock: Monotonic clock for pacing and progress logs (injected by tests).
     :param sleep: Sleep function for pacing and backoff (injected by tests).
     """
@@ -159,6 +163,7 @@ class ClioHook(BaseHook):
         token_store: TokenStore | None = None,
         retry: RetrySettings | None = None,
         timeout: float = 60.0,
+        enforce_pool: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -176,6 +181,7 @@ class ClioHook(BaseHook):
         self._sleep = sleep
         self.stats = HookStats()
         self._seen_tokens: set[str] = set()
+        self._pool_checked = not enforce_pool
 
     # -- the connection --------------------------------------------------------------------------------
 
@@ -319,6 +325,34 @@ class ClioHook(BaseHook):
             raise ClioFatalError("expected a single-record response with a 'data' object", endpoint=label)
         return RecordResult(data, response.headers.get("ETag"), False, last_modified)
 
+    def get_records(
+        self,
+        endpoint: str,
+        ids: Any,
+        fields: str | Sequence[str] | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+    ) -> RecordLookup:
+        """
+        Look up known records by id, at most 50 per list request (``ids[]``), instead of one GET each.
+
+        The ids are validated now (ClioConfigError names a bad one); nothing is sent until the result is
+        read. Read ``lookup.records()`` (or ``lookup.pages()``) once, then ``lookup.missing`` lists the ids
+        Clio did not return (deleted or not visible)::
+
+            lookup = hook.get_records("grow/contacts", [7, 9, 12], fields=["id", "name"])
+            for contact in lookup.records():
+                ...
+            gone = lookup.missing
+
+        :param endpoint: The list endpoint, e.g. ``grow/contacts``.
+        :param ids: Ints or digit strings (repeats are looked up once), or their text form ``"[1, 2]"``.
+        :param fields: Fields to select; ``id`` is added when missing (records are matched on it).
+        :param params: Other list parameters, e.g. ``include`` (see
+            :class:`~airflow_provider_clio.lookups.RecordLookup`).
+        """
+        return RecordLookup(self, endpoint, ids, fields, params)
+
     def iter_pages(
         self,
         endpoint: str,
@@ -331,10 +365,11 @@ class ClioHook(BaseHook):
         Yield the pages of a list endpoint, following ``meta.paging.next`` exactly as the server sends it.
 
         ``fields`` and ``params`` go into the first request only; later pages use the ``next`` URL's path
-        and query as is (they carry them). A ``next`` URL on another of the API's hosts (``https://*.clio.com``)
-        is followed there, or, with a ``host`` override, rewritten onto the override (see
+        and query as is (they carry them). A ``next`` URL must name the API host of the connection's region
+        (with a ``host`` override it is rewritten onto the override) or the override itself (see
         :mod:`~airflow_provider_clio.urls`). The iteration stops when ``next`` is absent or null, and raises
-        ClioPaginationError on a loop or a ``next`` URL on any other host.
+        ClioPaginationError on a loop, on 20 empty pages in a row, or on a ``next`` or ``start_url`` that
+        names any other host or that parsers could read differently (backslash, userinfo, whitespace).
 
         :param endpoint: The list endpoint, e.g. ``grow/contacts``.
         :param fields: Fields to select, ``["id", "client{id,name}"]`` or ``"id,client{id,name}"``.
@@ -472,25 +507,22 @@ class ClioHook(BaseHook):
         data: Mapping[str, str] | None = None,
         token: str | None = None,
     ) -> requests.Response:
-        """Pacer (API calls) → bearer token → send → pacer observes; transport errors: ClioTransientError."""
-        request_headers = {**(self.config.api.headers if api else {}), **(headers or {})}
-        if token is not None:
-            if not self.config.urls.may_carry_token(url):
-                raise ClioFatalError(
-                    "refusing to send the access token to a host other than the API base or the API's hosts"
-                )
-            request_headers["Authorization"] = f"Bearer {token}"
+        """Pool check → prepare (bearer token) → pacer (API calls) → send → pacer observes the response."""
+        self._check_pool()
+        # The API's own headers (a pinned version) go to the API only, not to the OAuth token endpoint.
+        headers = {**(self.config.api.headers if api else {}), **(headers or {})}
+        prepared = self._prepare(
+            method, url, label=label, params=params, data=data, headers=headers, token=token
+        )
         if not api:
-            return self._transmit(method, url, label=label, params=params, data=data, headers=request_headers)
+            return self._transmit(prepared, label=label)
         waited = self.pacer.acquire(self._sleep)
         self.stats.limiter_wait_seconds += waited
         stats.timing("clio.limiter_wait", timedelta(seconds=waited), tags={"region": self.region})
         tags = {"region": self.region, "endpoint": label}
         status = "error"
         try:
-            response = self._transmit(
-                method, url, label=label, params=params, data=data, headers=request_headers
-            )
+            response = self._transmit(prepared, label=label)
             status = str(response.status_code)
         finally:
             # The server stamped the request before this moment: the limiter's window guard needs it.
@@ -503,7 +535,7 @@ class ClioHook(BaseHook):
             stats.incr("clio.rate_limited", tags=tags)
         return response
 
-    def _transmit(
+    def _prepare(
         self,
         method: str,
         url: str,
@@ -511,17 +543,34 @@ class ClioHook(BaseHook):
         label: str,
         params: Mapping[str, Any] | None,
         data: Mapping[str, str] | None,
-        headers: dict[str, str],
-    ) -> requests.Response:
+        headers: Mapping[str, str] | None,
+        token: str | None,
+    ) -> requests.PreparedRequest:
+        """Build the request exactly as it will be sent; the token only after its URL passed the check."""
+        request = requests.Request(method, url, params=params, data=data, headers=dict(headers or {}))
         try:
-            return self.session.request(
-                method,
-                url,
-                params=params,
-                data=data,
-                headers=headers,
+            prepared = self.session.prepare_request(request)
+        except requests.RequestException as exc:
+            raise ClioConfigError(
+                truncate(scrub(f"cannot send the request: {type(exc).__name__}: {exc}", self._secrets())),
+                endpoint=label,
+            ) from exc
+        if token is not None:
+            # The prepared URL, read by urllib3's parser: the host and port the connection will really go to.
+            self.config.urls.check_destination(prepared.url or "")
+            prepared.headers["Authorization"] = f"Bearer {token}"
+        return prepared
+
+    def _transmit(self, prepared: requests.PreparedRequest, *, label: str) -> requests.Response:
+        session = self.session
+        try:
+            # What Session.request does after preparing: proxies and TLS settings from the environment.
+            settings = session.merge_environment_settings(prepared.url, {}, None, None, None)
+            return session.send(
+                prepared,
                 timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout),
                 allow_redirects=False,
+                **settings,
             )
         except (
             requests.ConnectionError,
@@ -609,6 +658,23 @@ class ClioHook(BaseHook):
             raise
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _check_pool(self) -> None:
+        """Inside a task, fail unless it runs in the pool holding this connection's budget (checked once)."""
+        if self._pool_checked:
+            return
+        task = current_task()
+        pool = getattr(task, "pool", None)
+        # Outside a task (CLI, triggerer, scripts) there is no pool to check: a deferred sensor's trigger
+        # polls on the slot its deferred task keeps (pools with include_deferred).
+        if task is not None and isinstance(pool, str) and pool != self.pool_name:
+            raise ClioConfigError(
+                f"Task {getattr(task, 'task_id', '?')!r} runs in pool {pool!r}, but the rate budget of "
+                f"connection {self.clio_conn_id!r} is held by pool {self.pool_name!r}: requests sent from "
+                f"{pool!r} are not counted against it. Run the task with pool={self.pool_name!r}, or pass "
+                "ClioHook(..., enforce_pool=False) if you account for the budget yourself"
+            )
+        self._pool_checked = True
 
     def _access_token(self) -> str:
         return self._remember(self.token_manager.access_token())

@@ -9,12 +9,13 @@ defaults come from :mod:`airflow_provider_clio.task_policy`, shared with the sen
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_provider_clio.extraction import ExtractionPlan, resolve_interval
+from airflow_provider_clio.extraction import ExtractionPlan
+from airflow_provider_clio.modes import FULL, INTERVAL, SINCE_LAST_SUCCESS, check_mode, resolve_interval
 from airflow_provider_clio.task_policy import (
     DEFAULT_TASK_RETRY_ARGS,
     apply_task_defaults,
@@ -41,10 +42,19 @@ class ClioBaseOperator(BaseOperator):
         ``None`` for the server's default fields (templated).
     :param query_params: Extra query parameters such as ``{"ids[]": [1, 2]}`` (templated). ``fields``,
         ``page_token`` and ``updated_since`` have their own arguments.
-    :param updated_since: Keep records with ``updated_at`` at or after this instant (ISO-8601 or datetime;
-        templated, e.g. ``{{ data_interval_start }}``). ``None`` or ``""``: no lower bound.
-    :param updated_until: Keep records with ``updated_at`` strictly before this instant (templated). Defaults
-        to the run's ``data_interval_end`` when ``updated_since`` is set and the interval end is later.
+    :param mode: Which records to read (templated; see :mod:`airflow_provider_clio.modes`): ``"full"``
+        (every record), ``"interval"`` (``[updated_since, updated_until)`` when given, else the run's data
+        interval), ``"since_last_success"`` (gap-free: from the end of the last successful run's interval
+        minus ``overlap`` to this run's ``data_interval_end``). ``None`` (default): ``"interval"`` when
+        ``updated_since`` or ``updated_until`` is given, else ``"full"``.
+    :param updated_since: With ``mode`` ``None`` or ``"interval"``: keep records with ``updated_at`` at or
+        after this instant (ISO-8601 or datetime; templated). ``None`` or ``""``: no lower bound.
+    :param updated_until: With ``mode`` ``None`` or ``"interval"``: keep records with ``updated_at`` strictly
+        before this instant (templated). Defaults to the run's ``data_interval_end`` when ``updated_since`` is
+        set and the interval end is later.
+    :param overlap: ``since_last_success`` only: how far before the last success's interval end to start
+        (``timedelta`` or seconds; default 5 minutes). The upsert absorbs the re-read rows; file extracts may
+        repeat them (dedupe on ``id`` + ``updated_at``).
     :param clio_conn_id: The Clio connection.
     :param region: Clio region (``us``, ``ca``, ``eu``, ``au``); default: the connection's ``region`` extra.
         Picks the default pool ``clio_<region>`` and the lineage URI; the task fails if it is not the
@@ -54,7 +64,15 @@ class ClioBaseOperator(BaseOperator):
         of 1, 2, 4, 8, 16 s). When it is spent, the task-level retry takes over and resumes.
     """
 
-    template_fields: Sequence[str] = ("endpoint", "fields", "query_params", "updated_since", "updated_until")
+    template_fields: Sequence[str] = (
+        "endpoint",
+        "fields",
+        "query_params",
+        "mode",
+        "updated_since",
+        "updated_until",
+    )
+    allowed_modes: ClassVar[tuple[str, ...]] = (FULL, INTERVAL, SINCE_LAST_SUCCESS)
     template_fields_renderers: ClassVar[dict[str, str]] = {"query_params": "json"}
     ui_color = "#0f5ea8"
     ui_fgcolor = "#ffffff"
@@ -65,14 +83,23 @@ class ClioBaseOperator(BaseOperator):
         endpoint: str,
         fields: str | Sequence[str] | None = None,
         query_params: Mapping[str, Any] | None = None,
+        mode: str | None = None,
         updated_since: str | datetime | None = None,
         updated_until: str | datetime | None = None,
+        overlap: timedelta | float | None = None,
         clio_conn_id: str = "clio_default",
         region: str | None = None,
         token_store: Any | None = None,
         request_retry: RetrySettings | None = None,
         **kwargs: Any,
     ) -> None:
+        check_mode(
+            mode,
+            self.allowed_modes,
+            updated_since=updated_since,
+            updated_until=updated_until,
+            overlap=overlap,
+        )
         resolved_region, pool = connection_region_and_pool(clio_conn_id, region)
         apply_task_defaults(kwargs, {"pool": pool, **DEFAULT_TASK_RETRY_ARGS})
         policy = default_retry_policy()
@@ -84,8 +111,10 @@ class ClioBaseOperator(BaseOperator):
         self.endpoint = endpoint
         self.fields = list(fields) if isinstance(fields, (list, tuple)) else fields
         self.query_params = dict(query_params) if query_params else {}
+        self.mode = mode
         self.updated_since = updated_since
         self.updated_until = updated_until
+        self.overlap = overlap
         self.clio_conn_id = clio_conn_id
         self.region = resolved_region
         self.explicit_region = region
@@ -104,8 +133,16 @@ class ClioBaseOperator(BaseOperator):
         )
 
     def build_plan(self, context: Context, required: Iterable[str] = ()) -> ExtractionPlan:
-        """Resolve the interval and the request from the rendered arguments."""
-        interval = resolve_interval(self.updated_since, self.updated_until, context)
+        """Resolve the interval and the request from the rendered arguments (before any request)."""
+        mode = self.mode or None
+        check_mode(
+            mode,
+            self.allowed_modes,
+            updated_since=self.updated_since,
+            updated_until=self.updated_until,
+            overlap=self.overlap,
+        )
+        interval = resolve_interval(mode, self.updated_since, self.updated_until, self.overlap, context)
         return ExtractionPlan.build(self.endpoint, self.fields, self.query_params, interval, required)
 
     # OpenLineage: the imports stay inside the methods so the provider works without the OpenLineage provider.

@@ -40,6 +40,7 @@ from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.extraction import Extraction, ExtractionPlan, ExtractionResult
 from airflow_provider_clio.fencing import attempt_of
 from airflow_provider_clio.fields import top_level_names
+from airflow_provider_clio.modes import SINCE_LAST_SUCCESS, effective_mode
 from airflow_provider_clio.operators.base import ClioBaseOperator
 from airflow_provider_clio.operators.writers import FILE_FORMATS, PartWriter
 from airflow_provider_clio.storage import write_json_atomic
@@ -66,7 +67,7 @@ class ClioExtractOperator(ClioBaseOperator):
     try resumes from its last uploaded part on retry.
 
     The returned XCom (never the records) holds ``records``, ``pages``, ``files``, ``rate_limited`` (429s
-    seen), ``seconds``, ``manifest``, ``run``, ``interval`` and ``resumed``.
+    seen), ``seconds``, ``manifest``, ``run``, ``interval``, ``mode`` and ``resumed``.
 
     .. code-block:: python
 
@@ -74,7 +75,7 @@ class ClioExtractOperator(ClioBaseOperator):
             task_id="export_contacts",
             endpoint="grow/contacts",
             fields=["id", "name", "updated_at"],
-            updated_since="{{ data_interval_start }}",
+            mode="since_last_success",
             destination="s3://lake/clio/contacts/{{ data_interval_start | ts_nodash }}",
         )
 
@@ -89,8 +90,9 @@ class ClioExtractOperator(ClioBaseOperator):
         ``ClioConfigError`` before any request, because the destination would lose the other interval's data.
     :param endpoint: List endpoint, e.g. ``grow/contacts`` (templated).
     :param fields: Fields to select, list or string form (templated).
-    :param kwargs: ``query_params``, ``updated_since``, ``updated_until``, ``clio_conn_id``, ``region``,
-        ``token_store``, ``request_retry`` as documented on :class:`ClioBaseOperator`, and ``BaseOperator``'s.
+    :param kwargs: ``query_params``, ``mode``, ``updated_since``, ``updated_until``, ``overlap``,
+        ``clio_conn_id``, ``region``, ``token_store``, ``request_retry`` as documented on
+        :class:`ClioBaseOperator`, and ``BaseOperator``'s.
     """
 
     template_fields: Sequence[str] = (*ClioBaseOperator.template_fields, "destination")
@@ -129,7 +131,7 @@ class ClioExtractOperator(ClioBaseOperator):
         plan = self.build_plan(context)
         destination = self._destination()
         manifest_path = destination / MANIFEST_FILE
-        identity = _identity(plan.endpoint, plan.fields, plan.params, plan.interval.to_dict())
+        identity = _identity(plan.endpoint, plan.fields, plan.params, plan.interval.to_dict(), self._mode())
         self._check_owner(manifest_path, identity)
         hook = self.get_hook()
         key = plan.key(api=hook.base_url, target=str(destination), file_format=self.file_format)
@@ -171,6 +173,7 @@ class ClioExtractOperator(ClioBaseOperator):
             "manifest": str(manifest_path),
             "run": state.token,
             "interval": plan.interval.to_dict(),
+            "mode": self._mode(),
             "resumed": result.resumed,
             "resumed_parts": result.resumed_units,
         }
@@ -212,6 +215,7 @@ class ClioExtractOperator(ClioBaseOperator):
             "fields": plan.fields,
             "params": plan.params,
             "interval": plan.interval.to_dict(),
+            "mode": self._mode(),
             "format": self.file_format,
             **({"schema": schema} if self.file_format == "parquet" else {}),
             "files": files,
@@ -220,6 +224,10 @@ class ClioExtractOperator(ClioBaseOperator):
             "committed_at": datetime.now(timezone.utc).isoformat(),
             "task": _task_identity(context),
         }
+
+    def _mode(self) -> str:
+        """The effective mode, recorded in the manifest."""
+        return effective_mode(self.mode or None, self.updated_since, self.updated_until)
 
     def _check_owner(
         self, manifest_path: ObjectStoragePath, identity: dict[str, Any]
@@ -237,6 +245,7 @@ class ClioExtractOperator(ClioBaseOperator):
             committed.get("fields"),
             committed.get("params"),
             committed.get("interval"),
+            committed.get("mode"),
         )
         if theirs != identity and not self.overwrite:
             differing = ", ".join(
@@ -362,9 +371,16 @@ def _load_manifest(path: ObjectStoragePath) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _identity(endpoint: Any, fields: Any, params: Any, interval: Any) -> dict[str, Any]:
+def _identity(endpoint: Any, fields: Any, params: Any, interval: Any, mode: Any = None) -> dict[str, Any]:
     """What a destination's manifest must match for a run to replace it."""
-    return {"endpoint": endpoint, "fields": fields, "params": params or {}, "interval": interval}
+    if mode == SINCE_LAST_SUCCESS and isinstance(interval, Mapping):
+        # A rerun of the same run ends at the same data_interval_end, but its lower bound moves when an
+        # earlier interval succeeded meanwhile (e.g. a backfill): still the same run's output to replace.
+        interval = {"mode": mode, "until": interval.get("until")}
+    # updated_since follows from the interval (sent a little early since 2026-11): compare the interval only,
+    # so manifests committed before that change still match their reruns.
+    query = {k: v for k, v in (params or {}).items() if k != "updated_since"}
+    return {"endpoint": endpoint, "fields": fields, "params": query, "interval": interval}
 
 
 def _task_identity(context: Mapping[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,10 @@ class ClioRecordsSensor(BaseSensorOperator):
     :param token_store: Where rotated OAuth tokens are kept (poke and reschedule modes only: the triggerer
         always uses the default Variable store); default: the hook's.
     :param deferrable: Wait in the triggerer instead of a worker; default ``[operators] default_deferrable``.
+        **Requires a pool with** ``include_deferred``: the trigger polls on the slot the deferred task keeps,
+        and a pool without it hands that slot to another task while the polls go on, exceeding the budget.
+        A task cannot read its pool's settings on Airflow 3, so this is checked by ``airflow clio check``
+        (which fails on such a pool); ``airflow clio pools --include-deferred`` (the default) sets it.
     :param mode: ``reschedule`` by default (unless deferrable): a ``poke``-mode sensor would hold a worker
         and a pool slot worth one request per second while it sends one request per ``poke_interval``.
     """
@@ -127,6 +131,11 @@ class ClioRecordsSensor(BaseSensorOperator):
         # One check first: when records already exist the task finishes without a trip to the triggerer.
         if self.poke(context):
             return None
+        self.log.info(
+            "Deferring to the triggerer: its polls count against this task's slot in pool %s only if that "
+            "pool has include_deferred (`airflow clio check` verifies it)",
+            self.pool,
+        )
         self.defer(
             trigger=ClioRecordsTrigger(
                 endpoint=str(self.endpoint).strip().strip("/"),

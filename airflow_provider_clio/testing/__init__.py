@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow_provider_clio.testing.emulator import ClioEmulator
-    from airflow_provider_clio.testing.faults import Faults
+    from airflow_provider_clio.testing.faults import Faults, Latency
     from airflow_provider_clio.testing.limiter import SlidingWindowLimiter
     from airflow_provider_clio.testing.oauth import EmulatorApp
     from airflow_provider_clio.testing.recorder import RequestRecord
 
-__all__ = ["ClioEmulator", "EmulatorApp", "Faults", "RequestRecord", "SlidingWindowLimiter"]
+__all__ = ["ClioEmulator", "EmulatorApp", "Faults", "Latency", "RequestRecord", "SlidingWindowLimiter"]
 
 # Resolved lazily: importing emulator.py here would make `python -m airflow_provider_clio.testing.emulator`
 # load that module twice (runpy warns about it).
@@ -29,6 +29,7 @@ _EXPORTS = {
     "ClioEmulator": "airflow_provider_clio.testing.emulator",
     "EmulatorApp": "airflow_provider_clio.testing.oauth",
     "Faults": "airflow_provider_clio.testing.faults",
+    "Latency": "airflow_provider_clio.testing.faults",
     "RequestRecord": "airflow_provider_clio.testing.recorder",
     "SlidingWindowLimiter": "airflow_provider_clio.testing.limiter",
 }

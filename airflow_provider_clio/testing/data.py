@@ -162,14 +162,20 @@ class RecordStore:
 
     :param seed: seed of every generated value.
     :param counts: records per resource; resources not named get ``DEFAULT_RECORDS``.
+    :param updated_since_inclusive: whether ``updated_since`` keeps a record stamped exactly on it (``True``,
+        the Platform spec) or only later ones (``False``, the Manage spec's "after").
     """
 
-    def __init__(self, seed: int = 42, counts: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, seed: int = 42, counts: Mapping[str, int] | None = None, updated_since_inclusive: bool = True
+    ) -> None:
         unknown = set(counts or {}) - set(RESOURCES)
         if unknown:
             raise ValueError(f"unknown resources {sorted(unknown)}; known: {list(RESOURCES)}")
         self.seed = seed
+        self.updated_since_inclusive = updated_since_inclusive
         self._lock = threading.Lock()
+        self._deleted: dict[str, set[int]] = {resource: set() for resource in RESOURCES}
         self._created: dict[str, array[int]] = {}
         self._updated: dict[str, array[int]] = {}
         # Counts at construction: nested references point into this range, so adding records later
@@ -203,8 +209,8 @@ class RecordStore:
         return len(self._updated[resource])
 
     def exists(self, resource: str, record_id: int) -> bool:
-        """Tell whether ``resource`` has a record with this id."""
-        return 1 <= record_id <= len(self._updated[resource])
+        """Tell whether ``resource`` has a record with this id (not deleted)."""
+        return 1 <= record_id <= len(self._updated[resource]) and record_id not in self._deleted[resource]
 
     def updated_us(self, resource: str, record_id: int) -> int:
         """Return the record's ``updated_at`` in microseconds since the epoch."""
@@ -224,6 +230,14 @@ class RecordStore:
                 else:
                     # A bare touch must change the ETag even when called twice in one second.
                     updated[record_id - 1] = max(_now_us(), updated[record_id - 1] + _SECOND_US)
+
+    def delete(self, resource: str, ids: Iterable[int]) -> None:
+        """Delete existing records: lists and reads no longer return them; their ids are never reused."""
+        with self._lock:
+            for record_id in ids:
+                if not self.exists(resource, record_id):
+                    raise KeyError(f"{resource} has no record {record_id}")
+                self._deleted[resource].add(record_id)
 
     def add(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
         """Append ``n`` new records created and updated at ``at`` (default: now); return their ids."""
@@ -253,11 +267,14 @@ class RecordStore:
             created = self._created[resource]
             updated = self._updated[resource]
             n = len(updated)
+            deleted = self._deleted[resource]
             candidates: Iterable[int]
             if ids is not None:
                 candidates = (i for i in sorted(set(ids)) if after_id < i <= n)
             else:
                 candidates = range(max(after_id, 0) + 1, n + 1)
+            if deleted:
+                candidates = (i for i in candidates if i not in deleted)
             out: list[int] = []
             if updated_since_us is None and created_since_us is None:
                 for record_id in candidates:
@@ -266,6 +283,8 @@ class RecordStore:
                     out.append(record_id)
                 return out
             u_min = updated_since_us if updated_since_us is not None else -(2**62)
+            if updated_since_us is not None and not self.updated_since_inclusive:
+                u_min += 1  # "after": a record stamped exactly on the bound is left out
             c_min = created_since_us if created_since_us is not None else -(2**62)
             for record_id in candidates:
                 if updated[record_id - 1] >= u_min and created[record_id - 1] >= c_min:

@@ -4,9 +4,14 @@
 Command line::
 
     python -m airflow_provider_clio.testing.emulator --port 8765 --records contacts=20000,matters=10000
+    # ~200 ms round trips: arrival stamped 5-35 ms after the send, the answer 180 ms after that
+    python -m airflow_provider_clio.testing.emulator --inbound-delay 0.02 --inbound-jitter 0.015 \
+        --response-delay 0.18
 
 prints one JSON line when ready, ``{"url": ..., "apps": {client_id: {"client_secret", "region",
 "refresh_token"}}}``, and serves until SIGINT or SIGTERM.
+
+(Just over 400 lines: the Python API and the command line that mirrors its knobs stay side by side.)
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from airflow_provider_clio.testing.data import RESOURCES, RecordStore
-from airflow_provider_clio.testing.faults import FaultInjector, Faults
+from airflow_provider_clio.testing.faults import FaultInjector, Faults, Latency, LatencyInjector
 from airflow_provider_clio.testing.limiter import SlidingWindowLimiter
 from airflow_provider_clio.testing.manage.mode import ManageEmulatorMixin, ManageMode
 from airflow_provider_clio.testing.manage.settings import (
@@ -56,7 +61,10 @@ class ClioEmulator(ManageEmulatorMixin):
     :param page_size: records per list page (a ``limit`` parameter up to 200 overrides it per request).
     :param access_token_ttl: lifetime of issued access tokens in seconds.
     :param faults: initial fault knobs.
+    :param updated_since_inclusive: ``updated_since`` keeps records stamped exactly on it (Platform spec);
+        ``False``: only later ones (Manage spec).
     :param manage: the Manage API v4 mode's knobs (settings or a mapping of their names; see ``manage_*``).
+    :param latency: initial network latency (inbound delay with jitter, response delay); default none.
     """
 
     def __init__(
@@ -67,17 +75,22 @@ class ClioEmulator(ManageEmulatorMixin):
         page_size: int = 200,
         access_token_ttl: float = 86400,
         faults: Faults | None = None,
+        updated_since_inclusive: bool = True,
         manage: ManageSettings | Mapping[str, Any] | None = None,
+        latency: Latency | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         self.seed = seed
-        self._store = RecordStore(seed, records)
+        self._store = RecordStore(seed, records, updated_since_inclusive)
         self._oauth = OAuthServer(access_token_ttl=access_token_ttl)
         self._limiter = SlidingWindowLimiter(rate_limit)
         self._faults = FaultInjector(faults)
+        self._latency = LatencyInjector(latency)
         self._log = RequestLog()
-        self._router = Router(self._store, self._oauth, self._limiter, self._faults, self._log, page_size)
+        self._router = Router(
+            self._store, self._oauth, self._limiter, self._faults, self._log, page_size, self._latency
+        )
         self._manage = ManageMode(ManageSettings.coerce(manage), seed, self._faults)
         self._router.manage = self._manage.route
         self._server: EmulatorHTTPServer | None = None
@@ -91,7 +104,7 @@ class ClioEmulator(ManageEmulatorMixin):
         """Start serving in a daemon thread (port 0 picks a free port); return self."""
         if self._server is not None:
             raise RuntimeError("the emulator is already running")
-        self._server = EmulatorHTTPServer((host, port), self._router, self._log)
+        self._server = EmulatorHTTPServer((host, port), self._router, self._log, self._latency)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -241,6 +254,19 @@ class ClioEmulator(ManageEmulatorMixin):
         self._faults.set(faults)
 
     @property
+    def latency(self) -> Latency:
+        """The current network latency knobs."""
+        return self._latency.latency
+
+    @latency.setter
+    def latency(self, latency: Latency) -> None:
+        self.set_latency(latency)
+
+    def set_latency(self, latency: Latency) -> None:
+        """Replace the latency knobs at run time (reseeds the jitter RNG); requests in flight keep theirs."""
+        self._latency.set(latency)
+
+    @property
     def rate_limit(self) -> int | None:
         """API requests admitted per sliding second per (client_id, region)."""
         return self._limiter.limit
@@ -254,12 +280,18 @@ class ClioEmulator(ManageEmulatorMixin):
     def records(self, resource: str) -> list[dict[str, Any]]:
         """Return every current record of ``resource`` with all fields, id ascending (ground truth)."""
         self._check_resource(resource)
-        return [self._store.render(resource, i) for i in range(1, self._store.count(resource) + 1)]
+        ids = range(1, self._store.count(resource) + 1)
+        return [self._store.render(resource, i) for i in ids if self._store.exists(resource, i)]
 
     def touch(self, resource: str, ids: Iterable[int], at: datetime.datetime | None = None) -> None:
         """Bump ``updated_at`` (and so the ETag) of records to ``at`` (aware; default now)."""
         self._check_resource(resource)
         self._store.touch(resource, ids, at)
+
+    def delete_records(self, resource: str, ids: Iterable[int]) -> None:
+        """Delete records (lists and reads stop returning them), as a user deleting them in Clio would."""
+        self._check_resource(resource)
+        self._store.delete(resource, ids)
 
     def add_records(self, resource: str, n: int, at: datetime.datetime | None = None) -> list[int]:
         """Create ``n`` records, created and updated at ``at`` (aware; default now); return their ids."""
@@ -324,6 +356,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--truncate-rate", type=float, default=0.0)
     f.add_argument("--retry-after", type=float, default=None)
     add_manage_arguments(p)
+    n = p.add_argument_group("latency (every request but /_emulator; seconds)")
+    n.add_argument("--inbound-delay", type=float, default=0.0, help="send -> arrival stamp and rate limit")
+    n.add_argument(
+        "--inbound-jitter", type=float, default=0.0, help="uniform +/- spread of the inbound delay"
+    )
+    n.add_argument("--response-delay", type=float, default=0.0, help="handling -> answer received")
+    n.add_argument("--latency-seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
     return p
 
@@ -353,6 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_token_ttl=args.access_token_ttl,
             faults=faults,
             manage=manage_settings_from_args(args),
+            latency=Latency(
+                inbound_delay=args.inbound_delay,
+                inbound_jitter=args.inbound_jitter,
+                response_delay=args.response_delay,
+                seed=args.latency_seed,
+            ),
         )
         for client_id, secret, region in map(_parse_app, args.manage_app):
             emu.manage_app(client_id, secret, region)

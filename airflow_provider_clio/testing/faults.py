@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Describe and draw the emulator's injected faults: outages, errors, drops, slow and truncated replies.
+"""Describe and draw the emulator's injected faults (outages, errors, drops, slow and truncated replies)
+and its network latency (a jittered inbound delay and a response delay).
 
 Draws come from one RNG seeded with :attr:`Faults.seed` and reset whenever faults are set, and every API
 request consumes the same number of draws, so a given sequence of requests always meets the same faults.
+Latency draws come from their own RNG (:attr:`Latency.seed`), so turning latency on never shifts faults.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FaultDecision", "FaultInjector", "Faults"]
+__all__ = ["FaultDecision", "FaultInjector", "Faults", "Latency", "LatencyInjector"]
 
 _RATES = ("error_rate", "drop_rate", "slow_rate", "truncate_rate")
 
@@ -145,3 +147,81 @@ class FaultInjector:
         if not slow and not truncate:
             return _NO_FAULT
         return FaultDecision(slow_seconds=slow, truncate=truncate, kind="truncate" if truncate else "slow")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Network latency knobs, applied to every request but the ``/_emulator`` admin surface.
+
+    A request sent at ``s`` is stamped as arrived (and meets the rate limiter) at ``s + inbound``, where
+    ``inbound`` is drawn uniformly from ``[inbound_delay - inbound_jitter, inbound_delay + inbound_jitter]``
+    (clipped at 0); its answer leaves ``response_delay`` seconds after it was handled (server work and the
+    way back). A round trip therefore takes about ``inbound_delay + response_delay``. Requests in flight
+    wait concurrently (one server thread per connection), as on a real network.
+
+    :param inbound_delay: mean seconds between the client's send and the server's arrival stamp.
+    :param inbound_jitter: half-width of the uniform spread around ``inbound_delay``, seconds.
+    :param response_delay: seconds between handling a request and the client receiving the answer.
+    :param seed: seed of the jitter RNG (reset each time latency is set).
+    """
+
+    inbound_delay: float = 0.0
+    inbound_jitter: float = 0.0
+    response_delay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("inbound_delay", "inbound_jitter", "response_delay"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 3600:
+                raise ValueError(f"{name} must be within [0, 3600) seconds, got {value}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Latency:
+        """Build from a JSON-style mapping; unknown keys raise ``ValueError``."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown latency fields {sorted(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping."""
+        return dataclasses.asdict(self)
+
+
+class LatencyInjector:
+    """Draw each request's inbound delay from the current :class:`Latency`.
+
+    :param latency: initial knobs (default: no latency).
+    """
+
+    def __init__(self, latency: Latency | None = None) -> None:
+        self._lock = threading.Lock()
+        self._latency = Latency()
+        self._rng = random.Random(0)
+        self.set(latency or Latency())
+
+    @property
+    def latency(self) -> Latency:
+        """The current knobs."""
+        return self._latency
+
+    def set(self, latency: Latency) -> None:
+        """Replace the knobs and reseed the jitter RNG."""
+        with self._lock:
+            self._latency = latency
+            self._rng = random.Random(latency.seed)
+
+    def inbound(self) -> float:
+        """Draw the seconds the next request spends on its way in."""
+        with self._lock:
+            lat = self._latency
+            if not lat.inbound_jitter:
+                return lat.inbound_delay
+            u = self._rng.uniform(-lat.inbound_jitter, lat.inbound_jitter)
+        return max(0.0, lat.inbound_delay + u)
+
+    @property
+    def response(self) -> float:
+        """Seconds each answer spends on its way back."""
+        return self._latency.response_delay

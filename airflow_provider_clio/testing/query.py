@@ -170,7 +170,8 @@ class ListQuery:
     """A validated list request.
 
     :param selection: selected fields, None for every field.
-    :param updated_since_us: inclusive lower bound on ``updated_at`` (microseconds), or None.
+    :param updated_since_us: lower bound on ``updated_at`` (microseconds; inclusive unless the store
+        says otherwise), or None.
     :param created_since_us: inclusive lower bound on ``created_at`` (microseconds), or None.
     :param ids: only these ids, or None.
     :param page_size: records per page.

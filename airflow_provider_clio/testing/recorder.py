@@ -19,7 +19,8 @@ API_PREFIX = "/grow"
 class RequestRecord:
     """One request as the emulator saw it.
 
-    :param t: monotonic arrival time, taken when the request line was parsed (before any injected delay).
+    :param t: monotonic arrival time, taken when the request was parsed: after the injected inbound
+        latency, before any slow fault or response delay.
     :param wall: arrival time in epoch seconds.
     :param method: HTTP method.
     :param path: URL path without the query.

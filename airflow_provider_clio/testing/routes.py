@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from airflow_provider_clio.testing.data import RESOURCES, SCHEMAS, RecordStore
-from airflow_provider_clio.testing.faults import FaultInjector, Faults
+from airflow_provider_clio.testing.faults import FaultInjector, Faults, Latency, LatencyInjector
 from airflow_provider_clio.testing.limiter import SlidingWindowLimiter
 from airflow_provider_clio.testing.oauth import AccessGrant, OAuthError, OAuthServer, scope_allows
 from airflow_provider_clio.testing.query import (
@@ -64,6 +64,7 @@ class Router:
     :param faults: the fault injector.
     :param log: the request log (for the admin endpoints).
     :param page_size: default records per page.
+    :param latency: the injected network latency, for the admin endpoints (the server applies it).
     """
 
     def __init__(
@@ -74,7 +75,9 @@ class Router:
         faults: FaultInjector,
         log: RequestLog,
         page_size: int,
+        latency: LatencyInjector | None = None,
     ) -> None:
+        self.latency = latency or LatencyInjector()
         self.store = store
         self.oauth = oauth
         self.limiter = limiter
@@ -291,6 +294,7 @@ class Router:
             "rate_limit": self.limiter.limit,
             "windows": windows,
             "faults": self.faults.faults.to_dict(),
+            "latency": self.latency.latency.to_dict(),
             "records": {res: self.store.count(res) for res in RESOURCES},
         }
 
@@ -300,6 +304,13 @@ class Router:
     def _admin_set_faults(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.faults.set(Faults.from_dict(payload))
         return {"faults": self.faults.faults.to_dict()}
+
+    def _admin_get_latency(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {"latency": self.latency.latency.to_dict()}
+
+    def _admin_set_latency(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.latency.set(Latency.from_dict(payload))
+        return {"latency": self.latency.latency.to_dict()}
 
     def _admin_reset_requests(self, _: dict[str, Any]) -> dict[str, Any]:
         self.log.clear()
@@ -335,6 +346,8 @@ class Router:
         ("GET", "stats"): _admin_stats,
         ("GET", "faults"): _admin_get_faults,
         ("POST", "faults"): _admin_set_faults,
+        ("GET", "latency"): _admin_get_latency,
+        ("POST", "latency"): _admin_set_latency,
         ("POST", "reset_requests"): _admin_reset_requests,
         ("POST", "apps"): _admin_apps,
         ("POST", "rate_limit"): _admin_rate_limit,

@@ -19,9 +19,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from airflow_provider_clio.testing.faults import LatencyInjector
 from airflow_provider_clio.testing.recorder import RequestLog, RequestRecord
 
-__all__ = ["EmulatorHTTPServer", "Request", "Response", "json_response"]
+__all__ = ["ADMIN_PREFIX", "EmulatorHTTPServer", "Request", "Response", "json_response"]
+
+ADMIN_PREFIX = "/_emulator/"
+"""Paths of the emulator's own admin surface: never delayed by the latency knobs."""
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ class Request:
     :param pairs: query parameters in order, repeats kept.
     :param headers: header names lower-cased (last value wins).
     :param body: raw body.
-    :param t: monotonic arrival time.
+    :param t: monotonic arrival time (after the injected inbound delay).
     :param wall: epoch arrival time.
     :param host: the ``Host`` the client used (or the server's address), for absolute URLs.
     """
@@ -115,9 +119,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.untrack(self.connection)
 
     def parse_request(self) -> bool:
-        # The request line has just been read: this is the arrival time the limiter and the log use.
+        # The request line and headers have just been read. The injected inbound delay is spent here, before
+        # the arrival stamp that the limiter and the log use, as if the request had travelled that long.
+        ok = super().parse_request()
+        if ok and not self.path.startswith(ADMIN_PREFIX):
+            delay = self.server.latency.inbound()
+            if delay > 0:
+                time.sleep(delay)
         self._arrival = (time.monotonic(), time.time())
-        return super().parse_request()
+        return ok
 
     def do_GET(self) -> None:
         self._handle()
@@ -176,15 +186,16 @@ class _Handler(BaseHTTPRequestHandler):
             )
         )
         # Recorded before answering: a client that got its answer always finds its request in the log.
-        self._deliver(response)
+        back = 0.0 if split.path.startswith(ADMIN_PREFIX) else self.server.latency.response
+        self._deliver(response, back)
 
-    def _deliver(self, response: Response) -> None:
+    def _deliver(self, response: Response, back: float = 0.0) -> None:
         if response.drop:
             # Nothing is written; finish() closes the socket, the client sees the connection end.
             self.close_connection = True
             return
-        if response.slow_seconds:
-            time.sleep(response.slow_seconds)
+        if response.slow_seconds + back > 0:
+            time.sleep(response.slow_seconds + back)
         reason = self.responses.get(response.status, ("",))[0]
         lines = [
             f"{self.protocol_version} {response.status} {reason}",
@@ -214,15 +225,23 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     :param address: ``(host, port)``; port 0 picks a free port.
     :param dispatch: maps a :class:`Request` to a :class:`Response`.
     :param log: where every request is recorded.
+    :param latency: the injected network latency (default: none).
     """
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], dispatch: Dispatcher, log: RequestLog) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        dispatch: Dispatcher,
+        log: RequestLog,
+        latency: LatencyInjector | None = None,
+    ) -> None:
         self.dispatch = dispatch
         self.log = log
+        self.latency = latency or LatencyInjector()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         super().__init__(address, _Handler)

@@ -78,7 +78,9 @@ class ClioRecordsTrigger(BaseTrigger):
     def _make_hook(self) -> Any:
         from airflow_provider_clio.hooks.clio import ClioHook
 
-        return ClioHook(self.clio_conn_id, pool_slots=self.pool_slots)
+        # The triggerer runs no task, so there is no pool to check: the polls are counted on the slot the
+        # deferred task keeps, which needs a pool with include_deferred (`airflow clio check` verifies it).
+        return ClioHook(self.clio_conn_id, pool_slots=self.pool_slots, enforce_pool=False)
 
     def _poll(self, hook: Any) -> int:
         response = hook.get(self.endpoint, params=self.params)

@@ -98,13 +98,13 @@ def test_a_manage_connection_resolves_hosts_pool_and_pool_size() -> None:
             config(api="manage", pool_size=bad)
 
 
-def test_a_lists_first_page_asks_for_cursor_paging_and_an_inclusive_updated_since() -> None:
+def test_a_lists_first_page_asks_for_cursor_paging_and_default_fields() -> None:
     assert manage_list_query({}) == {"order": "id(asc)", "fields": "id,etag"}
     sent = manage_list_query({"fields": "id,note", "updated_since": "2026-01-01T00:00:00+00:00", "x": 1})
     assert sent == {
         "order": "id(asc)",
         "fields": "id,note",
-        "updated_since": "2025-12-31T23:59:59+00:00",  # Manage's "after", one second early
+        "updated_since": "2026-01-01T00:00:00+00:00",
         "x": 1,
     }
     assert manage_list_query({"order": None})["order"] is None  # a list without order (calendar_entries)
@@ -470,6 +470,6 @@ def test_an_incremental_load_into_sqlite_keeps_a_record_updated_at_the_intervals
 
     with closing(sqlite3.connect(warehouse)) as db:
         rows = db.execute("SELECT id, note FROM clio_manage_activities ORDER BY id").fetchall()
-    # Manage's "after" would have dropped activity 51: the provider asked from one second earlier.
+    # Manage's "after" would have dropped activity 51: the operator asked from one second earlier (once).
     assert rows == [(i, f"Call {i}") for i in range(51, 61)]
     assert parse_qs(urlsplit(manage.log[0][1]).query)["updated_since"] == ["2026-03-01T10:50:59+00:00"]

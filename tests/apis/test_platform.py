@@ -57,8 +57,8 @@ def test_platform_rules() -> None:
     assert PLATFORM.parse_error is parse_error_body
     assert PLATFORM.pool_prefix == "clio_"
     assert PLATFORM.probe_endpoint == "grow/users"
-    # The token may go to the region's API host and anywhere on clio.com (where next links may point).
-    assert PLATFORM.token_hosts("eu") == frozenset({"eu.api.clio.com", "clio.com", ".clio.com"})
+    # The token may go to the region's API host only: an exact allowlist, no *.clio.com.
+    assert PLATFORM.token_hosts("eu") == frozenset({"eu.api.clio.com"})
 
 
 def test_platform_pacer_is_the_shared_limiter_of_the_application_and_region() -> None:

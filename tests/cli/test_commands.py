@@ -338,6 +338,29 @@ def test_check_fails_when_the_pool_exceeds_the_limit(airflow_db, emulator):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_check_fails_when_the_pool_does_not_count_deferred_tasks(airflow_db, emulator):
+    # Issue 8 finding 11: a deferred sensor's trigger polls on the slot its task keeps only with
+    # include_deferred; a task cannot read that on Airflow 3, so `airflow clio check` does.
+    from airflow.models import Pool
+
+    pool = f"clio_nodefer_{uuid.uuid4().hex[:6]}"
+    Pool.create_or_update_pool(pool, 3, description="cli tests", include_deferred=False)
+    conn_id, _, _ = _db_connection(emulator, pool=pool)
+    result = airflow("clio", "check", "--conn-id", conn_id)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "OK: Connected to Clio" in result.stdout
+    assert (
+        f"FAILED: Pool: {pool} has include_deferred off: a deferrable ClioRecordsSensor would give its "
+        "slot back while its trigger keeps polling" in result.stdout
+    )
+    assert f"Run `airflow clio pools --conn-id {conn_id} --include-deferred`." in result.stdout
+    fixed = airflow("clio", "pools", "--conn-id", conn_id, "--include-deferred")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    result = airflow("clio", "check", "--conn-id", conn_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deferred tasks keep their slot" in result.stdout
+
+
 def test_check_catches_a_secrets_backend_shadowing_the_token_variable(airflow_db, emulator, tmp_path):
     pool = f"clio_shadow_{uuid.uuid4().hex[:6]}"
     _create_pool(pool, 3)

@@ -21,6 +21,7 @@ EXAMPLE_DAG_IDS = {
     "clio_incremental_warehouse",
     "clio_sensor_gated",
     "clio_two_regions",
+    "clio_weekly_reconcile",
     "clio_bulk_extract",
     "clio_bulk_merge",
     "clio_manage_warehouse",
@@ -56,7 +57,10 @@ def _interval(dag: Any, run_after: datetime.datetime) -> tuple[datetime.datetime
 
 def _rows(warehouse: Path, table: str) -> list[tuple[Any, ...]]:
     with closing(sqlite3.connect(warehouse)) as db:
-        return db.execute(f'SELECT * FROM "{table}" ORDER BY id').fetchall()  # noqa: S608 - fixed names
+        cursor = db.execute(f'SELECT * FROM "{table}" ORDER BY id')  # noqa: S608 - fixed names
+        # Without _loaded_at, the commit time every upsert sets (reconcile's "loaded before the scan").
+        keep = [i for i, column in enumerate(cursor.description) if column[0] != "_loaded_at"]
+        return [tuple(row[i] for i in keep) for row in cursor.fetchall()]
 
 
 def _expected_rows(records: list[dict[str, Any]], fields: list[str], support: ModuleType) -> list[tuple]:
@@ -130,26 +134,71 @@ def test_warehouse_dag_full_refresh_then_incremental_runs(
     for table, resource in WAREHOUSE_TABLES.items():
         assert _rows(warehouse, table) == _expected_rows(emu.records(resource), fields[table], support)
 
-    # Two contacts and one matter change inside the next run's hour; one contact changes after it.
+    # The DAG was paused for a day (catchup=False runs only the latest hour): since_last_success loads the
+    # changes of the skipped hours too. Two contacts and one matter change inside the run's hour, one
+    # contact and one activity in the skipped hours; one contact changes after the run's interval.
     run_after = datetime.datetime(2026, 7, 2, 10, tzinfo=UTC)
     start, end = _interval(dag, run_after)
     emu.touch("contacts", [4, 200], at=start + datetime.timedelta(minutes=7))
-    emu.touch("matters", [9], at=start)  # inclusive lower bound
-    emu.touch("contacts", [5], at=end)  # exclusive upper bound: the next interval's
+    emu.touch("matters", [9], at=start)
+    emu.touch("contacts", [6], at=datetime.datetime(2026, 7, 1, 12, tzinfo=UTC))  # a skipped hour
+    emu.touch("activities", [17], at=datetime.datetime(2026, 7, 1, 0, 1, tzinfo=UTC))  # within the overlap
+    emu.touch("contacts", [5], at=end)  # exclusive upper bound: the next run's
     counts = {table: len(_rows(warehouse, table)) for table in WAREHOUSE_TABLES}
 
     for attempt in ("first", "rerun"):
         incremental = support.run_dag(dag, logical_date=run_after, run_conf={"full_refresh": False})
         assert str(incremental.state) == "success", attempt
-        loaded = {t.task_id: support.xcom_value(incremental, t.task_id)["records"] for t in dag.tasks}
-        assert loaded == {"load_clio_contacts": 2, "load_clio_matters": 1, "load_clio_activities": 0}
+        summaries = {t.task_id: support.xcom_value(incremental, t.task_id) for t in dag.tasks}
+        loaded = {task_id: summary["records"] for task_id, summary in summaries.items()}
+        assert loaded == {"load_clio_contacts": 3, "load_clio_matters": 1, "load_clio_activities": 1}
+        # From the full refresh's interval end (2026-07-01 00:00) minus the 5-minute overlap.
+        assert summaries["load_clio_contacts"]["interval"] == {
+            "since": "2026-06-30T23:55:00+00:00",
+            "until": end.isoformat(),
+        }
         assert {table: len(_rows(warehouse, table)) for table in WAREHOUSE_TABLES} == counts
 
     contacts = dict((row[0], row) for row in _rows(warehouse, "clio_contacts"))
     truth = {r["id"]: r for r in emu.records("contacts")}
     assert contacts[4][-1] == truth[4]["updated_at"]
     assert contacts[200][-1] == truth[200]["updated_at"]
+    assert contacts[6][-1] == truth[6]["updated_at"]
     assert contacts[5][-1] != truth[5]["updated_at"]  # changed at the interval end: not this run's
+
+
+def test_weekly_reconcile_dag_marks_the_rows_deleted_in_clio(
+    emu: ClioEmulator, connections: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> None:
+    warehouse = connections
+    dags = _dagbag(monkeypatch).dags
+    loaded = support.run_dag(
+        dags["clio_incremental_warehouse"],
+        logical_date=datetime.datetime(2026, 7, 1, tzinfo=UTC),
+        run_conf={"full_refresh": True},
+    )
+    assert str(loaded.state) == "success"
+    emu.delete_records("contacts", [7, 100])
+    emu.delete_records("activities", [260])
+
+    dag_run = support.run_dag(
+        dags["clio_weekly_reconcile"], logical_date=datetime.datetime(2026, 7, 6, tzinfo=UTC)
+    )
+    assert str(dag_run.state) == "success"
+    summaries = {
+        t.task_id: support.xcom_value(dag_run, t.task_id) for t in dags["clio_weekly_reconcile"].tasks
+    }
+    assert {task_id: (s["scanned"], s["live"], s["marked"]) for task_id, s in summaries.items()} == {
+        "reconcile_clio_contacts": (228, 230, 2),
+        "reconcile_clio_matters": (140, 140, 0),
+        "reconcile_clio_activities": (259, 260, 1),
+    }
+    with closing(sqlite3.connect(warehouse)) as db:
+        marked = db.execute(
+            "SELECT 'contacts', id FROM clio_contacts WHERE _clio_deleted_at IS NOT NULL UNION ALL "
+            "SELECT 'activities', id FROM clio_activities WHERE _clio_deleted_at IS NOT NULL ORDER BY 1, 2"
+        ).fetchall()
+    assert marked == [("activities", 260), ("contacts", 7), ("contacts", 100)]
 
 
 def test_sensor_gated_dag_waits_for_changes_then_loads_them(

@@ -515,6 +515,23 @@ def test_revoked_refresh_token_is_an_auth_error(
 
 
 @pytest.mark.integration
+def test_a_missing_refresh_token_is_an_auth_error_not_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime
+) -> None:
+    # What docs/connection.md promises: the connection is valid, the first refresh names the fix.
+    emu = clio_emulator_factory()
+    conn = emu.connection()
+    del conn["extra"]["refresh_token"]
+    set_conn(monkeypatch, conn)
+    hook = ClioHook(CONN_ID, token_store=MemoryTokenStore(), clock=fake_time.clock, sleep=lambda s: None)
+    assert hook.config.refresh_token is None
+    with pytest.raises(ClioAuthError, match="has no refresh token") as info:
+        hook.get("grow/contacts")
+    assert "airflow clio auth" in str(info.value)
+    assert emu.requests == []
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("after_401", [False, True])
 def test_a_lost_refresh_race_is_retried_and_adopts_the_winners_tokens(
     monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any, fake_time: FakeTime, after_401: bool
@@ -820,3 +837,70 @@ def test_requests_429s_and_limiter_waits_reach_airflow_metrics(
     rate_limited = [tags for stat, tags in metrics.counters if stat == "clio.rate_limited"]
     assert rate_limited == [{"region": "us", "endpoint": "grow/contacts"}] * 2
     assert [stat for stat, _ in metrics.timings] == ["clio.limiter_wait"] * 5
+
+
+# -- the budget pool ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_task_outside_the_connections_pool_is_refused_before_any_request(
+    airflow_db: Any, clio_emulator_factory: Any, monkeypatch: pytest.MonkeyPatch, support: Any
+) -> None:
+    # Issue 8 finding 5: a plain @task in default_pool must not add its requests to a full clio_us pool.
+    from airflow.sdk import DAG, task
+
+    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 30}, page_size=10)
+    conn_id = support.clio_connection(monkeypatch, emu)
+    store = MemoryTokenStore()
+    errors: list[str] = []
+    before: list[int] = []
+
+    with DAG(
+        support.unique_dag_id("hook_pool"),
+        schedule=None,
+        start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    ) as dag:
+
+        @task(pool="default_pool")
+        def outside() -> None:
+            try:
+                list(ClioHook(conn_id, token_store=store).paginate("grow/contacts"))
+            except ClioConfigError as err:
+                errors.append(str(err))
+                raise
+
+        @task(pool="default_pool", trigger_rule="all_done")
+        def opted_out() -> int:
+            before.append(len(emu.requests))
+            hook = ClioHook(conn_id, token_store=store, enforce_pool=False)
+            return len(list(hook.paginate("grow/contacts")))
+
+        @task(pool="clio_us")
+        def inside() -> int:
+            return len(list(ClioHook(conn_id, token_store=store).paginate("grow/contacts")))
+
+        outside() >> opted_out() >> inside()
+
+    dag_run = support.run_dag(dag)
+    assert support.ti_state(dag_run, "outside") == "failed"
+    assert len(errors) == 1
+    assert "runs in pool 'default_pool'" in errors[0]
+    assert "held by pool 'clio_us'" in errors[0]
+    assert "enforce_pool=False" in errors[0]
+    assert before == [0]  # refused before any request, the token endpoint included
+    assert support.ti_state(dag_run, "opted_out") == "success"
+    assert support.xcom_value(dag_run, "opted_out") == 30
+    assert support.ti_state(dag_run, "inside") == "success"
+    assert support.xcom_value(dag_run, "inside") == 30
+
+
+def test_outside_a_task_the_pool_is_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CLI, scripts and the triggerer have no task pool; a task object without a pool is not checked either.
+    set_conn(monkeypatch, base_conn())
+    hook = ClioHook(CONN_ID)
+    hook._check_pool()
+    with set_current_context({"task": SimpleNamespace(task_id="t", pool="default_pool")}):  # type: ignore[arg-type]
+        with pytest.raises(ClioConfigError, match=r"'default_pool'.*'clio_us'"):
+            ClioHook(CONN_ID)._check_pool()
+        ClioHook(CONN_ID, enforce_pool=False)._check_pool()
+        hook._check_pool()  # checked once, outside the task

@@ -374,6 +374,7 @@ def test_defaults_pool_retries_and_policy(
         "endpoint",
         "fields",
         "query_params",
+        "mode",
         "updated_since",
         "updated_until",
         "destination",

@@ -228,6 +228,29 @@ class TestTimeFilters:
         assert all(r["updated_at"] != boundary for r in later)
         assert len(later) < len(got)
 
+    def test_updated_since_can_be_exclusive_like_the_manage_spec(
+        self, clio_emulator_factory: Callable[..., ClioEmulator], api_session: Callable[..., requests.Session]
+    ) -> None:
+        emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 120}, updated_since_inclusive=False)
+        api = api_session(emu)
+        truth = emu.records("contacts")
+        boundary = sorted(r["updated_at"] for r in truth)[60]
+        got = fetch_all(
+            api, f"{emu.url}/grow/contacts", {"updated_since": boundary, "fields": "id,updated_at"}
+        )
+        assert [r["id"] for r in got] == [r["id"] for r in truth if r["updated_at"] > boundary]
+        assert all(r["updated_at"] != boundary for r in got)
+
+    def test_deleted_records_leave_lists_and_reads(self, emu: ClioEmulator, api: requests.Session) -> None:
+        emu.delete_records("contacts", [2, 300])
+        ids = [r["id"] for r in fetch_all(api, f"{emu.url}/grow/contacts", {"fields": "id"})]
+        assert ids == [r["id"] for r in emu.records("contacts")]
+        assert not {2, 300} & set(ids)
+        assert len(ids) == 448
+        assert api.get(f"{emu.url}/grow/contacts/2").status_code == 404
+        with pytest.raises(KeyError):
+            emu.touch("contacts", [2])
+
     def test_created_since_and_timezones(self, emu: ClioEmulator, api: requests.Session) -> None:
         truth = emu.records("contacts")
         boundary = datetime.datetime.fromisoformat(truth[100]["created_at"])

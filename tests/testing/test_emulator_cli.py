@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,3 +127,15 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
         sys.exit(main(["--port", "0", *argv]))
     assert exc.value.code == 2
     assert capsys.readouterr().out == ""
+
+
+def test_cli_flags_set_latency(running: list[subprocess.Popen[str]]) -> None:
+    proc, ready = launch("--inbound-delay", "0.05", "--inbound-jitter", "0.01", "--response-delay", "0.07")
+    running.append(proc)
+    latency = requests.get(f"{ready['url']}/_emulator/latency", timeout=10).json()["latency"]
+    assert latency == {"inbound_delay": 0.05, "inbound_jitter": 0.01, "response_delay": 0.07, "seed": 0}
+    started = time.monotonic()
+    assert requests.get(f"{ready['url']}/grow/users", timeout=10).status_code == 401
+    assert time.monotonic() - started >= 0.04 + 0.07 - 0.003
+    posted = requests.post(f"{ready['url']}/_emulator/latency", json={"response_delay": 0.0}, timeout=10)
+    assert posted.json()["latency"]["inbound_delay"] == 0.0

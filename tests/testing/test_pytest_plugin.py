@@ -10,6 +10,8 @@ import requests
 
 from airflow_provider_clio.testing import ClioEmulator
 
+pytest_plugins = ["pytester"]
+
 
 def test_clio_emulator_fixture_runs_with_defaults(clio_emulator: ClioEmulator) -> None:
     assert requests.get(f"{clio_emulator.url}/_emulator/health", timeout=10).json() == {"ok": True}
@@ -51,3 +53,28 @@ def test_context_manager_starts_and_stops() -> None:
         assert requests.get(f"{url}/_emulator/health", timeout=10).ok
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/_emulator/health", timeout=10)
+
+
+def test_command_line_latency_applies_unless_the_test_sets_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from airflow_provider_clio.testing import Latency
+
+        def test_default(clio_emulator):
+            expected = Latency(inbound_delay=0.02, inbound_jitter=0.01, response_delay=0.03)
+            assert clio_emulator.latency == expected
+
+        @pytest.mark.clio_emulator(latency=Latency())
+        def test_marker_wins(clio_emulator):
+            assert clio_emulator.latency == Latency()
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "airflow_provider_clio.testing.pytest_plugin",
+        "--clio-inbound-delay=0.02",
+        "--clio-inbound-jitter=0.01",
+        "--clio-response-delay=0.03",
+    )
+    result.assert_outcomes(passed=2)

@@ -68,9 +68,15 @@ def _expected_rows(
     return [tuple(_cell(v) for v in record.values()) for record in support.project(records, fields)]
 
 
+def _without_loaded_at(cursor: Any) -> list[tuple[Any, ...]]:
+    """The fetched rows without the ``_loaded_at`` column every upsert sets (a commit time, not data)."""
+    keep = [i for i, column in enumerate(cursor.description) if column[0] != "_loaded_at"]
+    return [tuple(row[i] for i in keep) for row in cursor.fetchall()]
+
+
 def _sqlite_rows(path: Path, table: str) -> list[tuple[Any, ...]]:
     with closing(sqlite3.connect(path)) as conn:
-        return conn.execute(f'SELECT * FROM "{table}" ORDER BY id').fetchall()  # noqa: S608 - test table
+        return _without_loaded_at(conn.execute(f'SELECT * FROM "{table}" ORDER BY id'))  # noqa: S608
 
 
 def test_sqlite_load_is_exact_and_a_rerun_changes_nothing(
@@ -101,7 +107,7 @@ def test_sqlite_load_is_exact_and_a_rerun_changes_nothing(
         ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'clio_matters'").fetchone()[0]
     assert ddl == (
         'CREATE TABLE "clio_matters" ("id" BIGINT PRIMARY KEY, "display_number" TEXT, "status" TEXT, '
-        '"is_locked" BOOLEAN, "client" TEXT, "updated_at" TEXT)'
+        '"is_locked" BOOLEAN, "client" TEXT, "updated_at" TEXT, "_loaded_at" TEXT)'
     )
 
     again = op.execute({})
@@ -166,7 +172,7 @@ def test_columns_come_from_the_first_page_without_fields(
     truth = emu.records("matters")
     with closing(sqlite3.connect(path)) as conn:
         columns = [row[1] for row in conn.execute('PRAGMA table_info("all_fields")')]
-    assert columns == list(truth[0])
+    assert columns == [*truth[0], "_loaded_at"]
     assert len(_sqlite_rows(path, "all_fields")) == len(truth)
 
 
@@ -216,7 +222,7 @@ def test_postgres_retry_resumes_from_the_last_committed_batch(
     def table_rows() -> list[tuple[Any, ...]]:
         with closing(psycopg2.connect(postgres_dsn)) as conn, conn.cursor() as cur:
             cur.execute(f'SELECT * FROM "{table}" ORDER BY id')  # noqa: S608 - generated test table
-            return cur.fetchall()
+            return _without_loaded_at(cur)
 
     expected = _expected_rows(emu.records("contacts"), fields, support)
     assert table_rows() == expected
@@ -291,8 +297,18 @@ class _DialectHook:
     ],
 )
 def test_upsert_statement_per_dialect(dialect: str, expected: str | None) -> None:
-    sink = SqlSink(_DialectHook(dialect), conn=None, table="s.t", columns=["name", "id"])  # type: ignore[arg-type]
+    hook: Any = _DialectHook(dialect)
+    sink = SqlSink(hook, conn=None, table="s.t", columns=["name", "id"], loaded_at=False)
     assert sink.upsert_sql() == expected
+
+
+def test_every_upsert_sets_loaded_at_and_clears_the_deleted_mark() -> None:
+    hook: Any = _DialectHook("postgresql")
+    sink = SqlSink(hook, conn=None, table="t", columns=["id"], clear_column="_clio_deleted_at")
+    assert sink.upsert_sql() == (
+        'INSERT INTO "t" ("id", "_loaded_at", "_clio_deleted_at") VALUES (%s, %s, %s) ON CONFLICT ("id") '
+        'DO UPDATE SET "_loaded_at" = excluded."_loaded_at", "_clio_deleted_at" = excluded."_clio_deleted_at"'
+    )
 
 
 def test_type_inference_is_conservative() -> None:
@@ -351,7 +367,9 @@ def test_an_empty_interval_still_creates_the_table(
     assert (summary["records"], summary["batches"], summary["pages"]) == (0, 0, 1)
     with closing(sqlite3.connect(path)) as conn:
         ddl = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'empty_matters'").fetchone()[0]
-    assert ddl == 'CREATE TABLE "empty_matters" ("id" BIGINT PRIMARY KEY, "display_number" TEXT)'
+    assert ddl == (
+        'CREATE TABLE "empty_matters" ("id" BIGINT PRIMARY KEY, "display_number" TEXT, "_loaded_at" TEXT)'
+    )
     assert _sqlite_rows(path, "empty_matters") == []
 
 
@@ -409,7 +427,13 @@ def test_postgres_amounts_load_exactly_as_numeric(
         types = cur.fetchall()
         cur.execute(f'SELECT id, quantity, total, billed FROM "{table}" ORDER BY id')  # noqa: S608
         rows = cur.fetchall()
-    assert types == [("id", "bigint"), ("quantity", "numeric"), ("total", "numeric"), ("billed", "boolean")]
+    assert types == [
+        ("id", "bigint"),
+        ("quantity", "numeric"),
+        ("total", "numeric"),
+        ("billed", "boolean"),
+        ("_loaded_at", "text"),
+    ]
     truth = emu.records("activities")
     assert rows == [
         (r["id"], decimal.Decimal(str(r["quantity"])), decimal.Decimal(str(r["total"])), r["billed"])
