@@ -152,9 +152,15 @@ def test_a_retired_api_version_fails_the_task_at_once_naming_the_version(
     support: ModuleType,
     tmp_path: Path,
 ) -> None:
-    # Clio retires the version this release pins: every request answers 410.
+    # Clio moved on to 4.0.14 and retired the version this release pins: every request answers 410 (one
+    # sent without the pinned X-API-VERSION would get 4.0.14 and succeed, so this also shows the pin is sent).
     emu = clio_emulator_factory(
-        manage={"records": {"activities": 50}, "retired_versions": (API_VERSION,), **manage.unlimited}
+        manage={
+            "records": {"activities": 50},
+            "api_version": "4.0.14",
+            "retired_versions": (API_VERSION,),
+            **manage.unlimited,
+        }
     )
     conn_id = manage_conn(emu)
 
