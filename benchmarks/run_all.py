@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_rate_limit.py", "bench_extract_memory.py", "bench_peers.py")
+BENCHMARKS = ("bench_rate_limit.py", "bench_extract_memory.py", "bench_peers.py", "bench_lookups.py")
 
 
 def main() -> int:
