@@ -24,8 +24,20 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
+# Two phases (tests/conftest.py's --phase). Most tests wait on sockets, sleeps and subprocesses, so they share
+# PYTEST_WORKERS pytest-xdist workers; then the tests that measure real time or rates (marker `serial`) and the
+# real-process tests run alone, with no other worker on the CPU. Both phases run unless the first was interrupted
+# or misused (exit 2). One phase selecting nothing (PYTEST_ARGS naming one file) is fine; both selecting nothing
+# fails, as pytest's exit 5 would. PYTEST_WORKERS=0 runs the first phase in one process too.
+PYTEST_WORKERS ?= 4
 unit: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	parallel=0; serial=0; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --phase parallel $(PYTEST_ARGS) || parallel=$$?; \
+	[ $$parallel = 2 ] && exit 2; \
+	$(PY) -m pytest --phase serial $(PYTEST_ARGS) || serial=$$?; \
+	echo "make unit: parallel phase exit $$parallel, serial phase exit $$serial (5 = no test selected)"; \
+	if [ $$parallel = 5 ] && [ $$serial = 5 ]; then echo "make unit: no test ran" >&2; exit 5; fi; \
+	for rc in $$parallel $$serial; do [ $$rc = 0 ] || [ $$rc = 5 ] || exit $$rc; done
 
 test: lint typecheck unit
 

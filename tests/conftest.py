@@ -5,6 +5,11 @@ Shared test setup: an isolated AIRFLOW_HOME, the emulator fixtures, the Postgres
 The slow real-process tests carry a group marker (``scheduler``, ``celery``, ``browser``, ``packaging``,
 ``soak``). With ``CI=true`` they always run and a missing service fails them; elsewhere they are skipped
 with a one-line hint unless ``CLIO_RUN_SLOW=1`` (``CLIO_RUN_SLOW=1 make test``).
+
+``make test`` runs the suite in two phases (``--phase``): ``parallel`` on pytest-xdist workers, then
+``serial`` alone, for the tests that measure real time or rates (marker ``serial``) and every real-process
+test, so no other worker shares their CPU. Each xdist worker imports this file, so each has its own
+AIRFLOW_HOME and metadata database, and ``postgres_dsn`` gives each worker its own Postgres database.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 # Airflow reads its configuration at import time, so the isolated home must exist before any test module
 # imports airflow. Never touch the developer's ~/airflow.
@@ -45,6 +50,24 @@ RUN_SLOW_ENV = "CLIO_RUN_SLOW"
 REAL_PROCESS_GROUPS = ("scheduler", "celery", "browser", "packaging", "soak")
 """Markers of the slow tests that start real processes (minutes each, see setup.cfg)."""
 RUN_SLOW_HINT = f"run them with {RUN_SLOW_ENV}=1 make test (CI=true always does)"
+SERIAL_MARKER = "serial"
+"""Marker of the tests that measure real time or rates: they run in the serial phase, with no other worker."""
+PHASES = ("all", "parallel", "serial")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--phase",
+        dest="clio_phase",
+        choices=PHASES,
+        default="all",
+        help="all (default); parallel: leave out the serial and real-process tests; serial: only those",
+    )
+
+
+def runs_alone(item: pytest.Item) -> bool:
+    """Tell whether a test runs in the serial phase: it measures real time or rates, or starts processes."""
+    return any(item.get_closest_marker(name) is not None for name in (SERIAL_MARKER, *REAL_PROCESS_GROUPS))
 
 
 def in_ci() -> bool:
@@ -53,6 +76,7 @@ def in_ci() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _select_phase(config, items)
     # The time budget: a laptop's `make test` stays fast; CI and an explicit CLIO_RUN_SLOW=1 run everything.
     if in_ci() or os.environ.get(RUN_SLOW_ENV, "").lower() in ("1", "true", "yes"):
         return
@@ -61,6 +85,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if groups:
             reason = f"{'/'.join(groups)} test (real processes, slow): {RUN_SLOW_HINT}"
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _select_phase(config: pytest.Config, items: list[pytest.Item]) -> None:
+    phase = config.getoption("clio_phase", "all")
+    if phase == "all":
+        return
+    serial = phase == "serial"
+    kept = [item for item in items if runs_alone(item) == serial]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if runs_alone(item) != serial])
+        items[:] = kept
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -81,12 +116,41 @@ def airflow_db() -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_dsn() -> str:
-    """The DSN of a scratch Postgres database; skips locally when none is configured (never in CI)."""
+def postgres_dsn() -> Iterator[str]:
+    """
+    The URL of a scratch Postgres database; skips locally when none is configured (never in CI).
+
+    Under pytest-xdist each worker gets its own database (``<name>_<worker>``, created through the configured
+    one), so tests that reuse a table name never meet on another worker.
+    """
     dsn = os.environ.get(POSTGRES_DSN_ENV)
     if not dsn:
         pytest.skip(f"set {POSTGRES_DSN_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test) to run")
-    return dsn
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        yield dsn
+        return
+    parts = urlsplit(dsn)
+    name = f"{parts.path.lstrip('/') or 'postgres'}_{worker}"
+    _recreate_database(dsn, name)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    _recreate_database(dsn, name, create=False)
+
+
+def _recreate_database(dsn: str, name: str, create: bool = True) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+        with conn.cursor() as cur:
+            # FORCE: a connection pool a test left open must not keep the database of a later run alive.
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            if create:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="session")

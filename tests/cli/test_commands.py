@@ -275,6 +275,10 @@ def test_pools_rejects_bad_arguments(airflow_db):
 
 def test_pools_sizes_the_connections_pool_from_the_limit_and_requests_per_slot(airflow_db, emulator):
     # Issue 8 finding 6: 3 slots at requests_per_slot 1.5 sent 4.5 req/s; the pool must get floor(3 / 1.5).
+    from airflow.models import Pool
+
+    # The region pool at its defaults, here rather than from an earlier test (xdist may run that elsewhere).
+    Pool.create_or_update_pool("clio_us", slots=3, description="clio us", include_deferred=True)
     pool = f"clio_sized_{uuid.uuid4().hex[:6]}"
     conn_id, _, _ = _db_connection(emulator, requests_per_slot=1.5, pool=pool)
     result = airflow("clio", "pools", "--conn-id", conn_id)

@@ -169,6 +169,7 @@ def test_get_records_is_read_once_and_reports_missing_only_when_done(
 
 
 @pytest.mark.integration
+@pytest.mark.serial  # counts arrivals per real second: no other xdist worker on the CPU
 def test_get_records_holds_the_real_rate_limit(
     monkeypatch: pytest.MonkeyPatch, clio_emulator_factory: Any
 ) -> None:

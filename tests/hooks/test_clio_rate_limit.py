@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# serial: utilisation and wall-time thresholds under the real clock, so no other xdist worker shares the CPU.
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.serial]
 
 LEAK_SECRET = "rate-test-client-secret-value"
 

@@ -279,7 +279,8 @@ def _kill_mid_extraction(deployment: CeleryDeployment, probe: Probe) -> KillReco
         nonlocal state
         state = probe.task(LONG)
         saved = probe.checkpoint(LONG) if state[0] == "running" and state[2] else None
-        return saved is not None and saved["pages"] >= KILL_AFTER_PAGES
+        # A try first saves a claim (owner, no pages: issue 8's fencing); wait for a committed checkpoint.
+        return saved is not None and saved.get("pages", 0) >= KILL_AFTER_PAGES
 
     deployment.wait_for(f"{LONG} to commit a checkpoint", running_with_checkpoint, RUN_TIMEOUT, 0.2)
     worker = str(state[2])

@@ -134,6 +134,7 @@ class TestSlidingWindowLimiter:
         assert max_in_window(admitted) == 5
 
 
+@pytest.mark.serial  # quick requests must land in one real second: no other xdist worker on the CPU
 class TestEmulatorRateLimit:
     def test_n_plus_one_quick_requests_get_exactly_one_429(
         self, clio_emulator_factory: Callable[..., ClioEmulator], api_session: Callable[..., requests.Session]

@@ -301,6 +301,7 @@ class TestRateLimit:
         assert {r.token_id for r in emu.manage_requests(status=429)} == {token_a}
         assert emu.manage_max_in_window(statuses={200}) == 5
 
+    @pytest.mark.serial  # six requests inside one real 1 s window: no other xdist worker on the CPU
     def test_the_window_resets_at_x_ratelimit_reset(
         self, clio_emulator_factory: Make, sessions: Callable[..., requests.Session]
     ) -> None:
