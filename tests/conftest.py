@@ -120,7 +120,7 @@ def postgres_dsn() -> Iterator[str]:
     """
     The URL of a scratch Postgres database; skips locally when none is configured (never in CI).
 
-    Under pytest-xdist each worker gets its own database (``<name>_<worker>``, created through the configured
+    Under pytest-xdist each worker gets its own database (``<name>_<worker>_<run>``, created through the configured
     one), so tests that reuse a table name never meet on another worker.
     """
     dsn = os.environ.get(POSTGRES_DSN_ENV)
@@ -131,7 +131,13 @@ def postgres_dsn() -> Iterator[str]:
         yield dsn
         return
     parts = urlsplit(dsn)
-    name = f"{parts.path.lstrip('/') or 'postgres'}_{worker}"
+    # The run's id too: two suites at once (a developer's and a hook's) must not drop each other's database.
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:8]
+    name = (
+        f"{parts.path.lstrip('/') or 'postgres'}_{worker}_{run}"
+        if run
+        else f"{parts.path.lstrip('/')}_{worker}"
+    )
     _recreate_database(dsn, name)
     yield urlunsplit(parts._replace(path=f"/{name}"))
     _recreate_database(dsn, name, create=False)
