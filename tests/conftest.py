@@ -120,8 +120,8 @@ def postgres_dsn() -> Iterator[str]:
     """
     The URL of a scratch Postgres database; skips locally when none is configured (never in CI).
 
-    Under pytest-xdist each worker gets its own database (``<name>_<worker>_<run>``, created through the configured
-    one), so tests that reuse a table name never meet on another worker.
+    Under pytest-xdist each worker gets its own database (``<name>_<worker>_<run>``, created through the
+    configured one), so tests that reuse a table name never meet on another worker or another run.
     """
     dsn = os.environ.get(POSTGRES_DSN_ENV)
     if not dsn:
