@@ -439,10 +439,7 @@ class ClioHook(BaseHook):
         def check() -> tuple[bool, str]:
             config = self.config
             self.get(config.api.probe_endpoint, params={"fields": "id"})
-            return True, (
-                f"Connected to Clio ({config.region}) at {config.base_url} as application "
-                f"{config.client_id}; pool {config.pool}, {self.rate:g} req/s"
-            )
+            return True, f"{self._connected()}; {self._pacing()}"
 
         return self._report(check)
 
@@ -470,8 +467,9 @@ class ClioHook(BaseHook):
 
     def _test_without_refresh(self) -> tuple[bool, str]:
         config = self.config
+        spent = "the rotating refresh token" if config.api.rotates_refresh_token else "the refresh token"
         untouched = (
-            "; the rotating refresh token is not spent by this test: run "
+            f"; {spent} is not spent by this test: run "
             "`airflow clio check --conn-id <connection id>` for a full check"
         )
         rejected = ""
@@ -486,16 +484,23 @@ class ClioHook(BaseHook):
                     raise
                 rejected = "The known access token was rejected (HTTP 401; it may have expired). "
             else:
-                return True, (
-                    f"Connected to Clio ({config.region}) at {config.base_url} as application "
-                    f"{config.client_id} with the current access token; pool {config.pool}, "
-                    f"{self.rate:g} req/s{untouched}"
-                )
+                return True, f"{self._connected()} with the current access token; {self._pacing()}{untouched}"
         self.token_manager.verify_client_credentials()
         return True, (
             f"{rejected}Clio's token endpoint {config.token_url} accepted the client credentials of "
             f"application {config.client_id} (region {config.region}); no API call was made{untouched}"
         )
+
+    def _connected(self) -> str:
+        config = self.config
+        return f"Connected to Clio ({config.region}) at {config.base_url} as application {config.client_id}"
+
+    def _pacing(self) -> str:
+        config = self.config
+        if config.api.rotates_refresh_token:  # Platform: a fixed rate per pool slot
+            return f"pool {config.pool}, {self.rate:g} req/s"
+        # Manage: the rate follows the token's X-RateLimit-* budget; a slot is a share of it.
+        return f"pool {config.pool}, {self.pool_slots} of {config.pool_size} slots of the token's budget"
 
     # -- the one request path --------------------------------------------------------------------------
 
