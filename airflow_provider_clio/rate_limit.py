@@ -51,7 +51,9 @@ class RateLimiter:
     shortly after we send it, not when we get the answer. With ``k = max(1, floor(rate))`` requests allowed
     per window, a request may leave at ``t`` only if the ``k``-th previous request of this limiter was
     stamped more than ``window`` before ``t``; the latest it can have been stamped is taken as ``min(its
-    send + margin + its round trip's excess over the usual one, its answer)``. The check and the recording
+    send + max(margin, its round trip's excess over the usual one), its answer)``. The margin and the
+    excess bound the same thing, how much later than usual that request reached the server's limiter, so
+    the larger of the two is taken, not their sum. The check and the recording
     of the send happen together under the lock, when the caller wakes up, so the guard holds whatever the
     threads' wake-up order. On time, the guard coincides with the spacing: no round trip is paid.
 
@@ -59,15 +61,22 @@ class RateLimiter:
     than ``margin`` (default ``safety * window`` = 50 ms), and nothing stalls between :meth:`acquire`
     returning and the request leaving. What covers the cases the assumption can miss:
 
-    - *slot hand-over*: a new limiter (and one whose rate changes) starts as if it had sent ``k`` requests
-      that very moment, so its first request waits one window: the slots' previous holder sent its last
-      request before this task started;
+    - *slot hand-over*: the slots' previous holder had its last request answered before the scheduler gave
+      the slots to this task, so before this task's process started (Airflow forks a new process per task
+      try). A limiter starts as if it had sent ``k`` requests at ``handed_over_at``, by default its
+      creation, in production the start of its process (see :func:`shared_limiter`): its first request
+      leaves one window after that, which a real task's start-up (DAG parse, imports) has mostly spent
+      already. A rate change within a process counts as a hand-over at that moment;
     - *stalled worker*: a caller that wakes up late is checked against the sends recorded meanwhile and
       waits again if needed, and a late send pushes the next reservations back by a whole interval;
     - *paused server*, stalled network or a send delayed after :meth:`acquire`: whatever a round trip took
-      beyond the shortest of the last 32 may have been spent before the stamp, so the guard adds that
-      excess (bounded by the answer); until 4 round trips are known it counts from answers; while a request
-      slower than usual is still in flight, the ``k``-th next one waits for its answer;
+      beyond the shortest of the last 32 may have been spent before the stamp, so the guard counts that
+      excess when it exceeds the margin (bounded by the answer); while a request slower than usual is still
+      in flight, the ``k``-th next one waits for its answer;
+    - *first round trips*: until ``k + 1`` round trips are known the guard counts from answers. The first
+      ``k`` requests may all have waited at a paused server's door (or paid a connection's TCP and TLS
+      set-up), but request ``k + 1`` leaves only after the first one's answer, so the ``k + 1`` round trips
+      include one that shows the usual time;
     - *any 429* (:meth:`observe` / :meth:`on_rate_limited`): the assumption failed somewhere, so for
       ``fallback_seconds`` the guard is the strict one, one window after the ``k``-th previous *answer*
       (always safe, at the cost of one round trip per ``k`` requests); every 429 extends it.
@@ -80,6 +89,8 @@ class RateLimiter:
     :param fallback_seconds: How long a 429 switches the guard to answer times.
     :param clock: Monotonic clock in seconds (injectable for tests).
     :param name: Label used in log lines.
+    :param handed_over_at: When this limiter's pool slots became its own, on ``clock``; no later than now.
+        Default: now (the first request waits one window).
     """
 
     def __init__(
@@ -92,6 +103,7 @@ class RateLimiter:
         fallback_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
+        handed_over_at: float | None = None,
     ) -> None:
         if not safety >= 0:
             raise ClioConfigError(f"limiter safety margin must be >= 0, got {safety!r}")
@@ -107,8 +119,6 @@ class RateLimiter:
         self._window = window
         self._margin = margin
         self._fallback = fallback_seconds
-        # The shortest recent round trips: the "usual" one, against which a held request stands out.
-        self._rtts: deque[float] = deque(maxlen=32)
         self._clock = clock
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -117,8 +127,12 @@ class RateLimiter:
         self.name = name
         self._rate = _check_rate(rate)
         self._interval = (1.0 + safety) / self._rate
-        # The last k sends, oldest first; seeded as if k requests had just been answered (slot hand-over).
-        self._sent: deque[_Send] = _full_window(clock(), self._rate)
+        # Recent round trips: the shortest is the "usual" one, against which a held request stands out.
+        self._rtts: deque[float] = deque(maxlen=_rtt_history(rate))
+        # The last k sends, oldest first; seeded as if k requests were answered at the hand-over.
+        now = clock()
+        seed = now if handed_over_at is None else min(handed_over_at, now)
+        self._sent: deque[_Send] = _full_window(seed, self._rate)
 
     @property
     def rate(self) -> float:
@@ -150,6 +164,7 @@ class RateLimiter:
             self._interval = (1.0 + self._safety) / rate
             # More slots may have just changed hands: treat the change like a fresh hand-over.
             self._sent = _full_window(self._clock(), rate)
+            self._rtts = deque(self._rtts, maxlen=_rtt_history(rate))
         log.info("Clio rate limiter %s: rate changed from %.3g to %.3g req/s", self.name, old, rate)
         return True
 
@@ -219,8 +234,8 @@ class RateLimiter:
         if len(self._sent) < (self._sent.maxlen or 1):
             return now
         kth = self._sent[0]
-        # Until a few round trips are known, none is "usual": the guard counts from answers.
-        usual = min(self._rtts) if len(self._rtts) >= _WARM_UP else 0.0
+        # Until k + 1 round trips are known, none is "usual": the guard counts from answers (see above).
+        usual = min(self._rtts) if len(self._rtts) > len(self._sent) else 0.0
         if kth.done is None:
             in_flight = now - kth.sent
             if in_flight >= _LOST_AFTER:  # never released: a caller broke the protocol; do not wait forever
@@ -231,8 +246,8 @@ class RateLimiter:
         if now < self._strict_until:
             return kth.done + self._window
         # Time a round trip took beyond the usual one may have been spent before the stamp (held at the door).
-        held = max(0.0, kth.done - kth.sent - usual)
-        return min(kth.sent + self._margin + held, kth.done) + self._window
+        held = kth.done - kth.sent - usual
+        return min(kth.sent + max(self._margin, held), kth.done) + self._window
 
     def _record_send(self, now: float, slot: float) -> None:
         """Record a send at ``now`` (lock held); a late wake-up pushes later reservations back."""
@@ -246,9 +261,6 @@ class RateLimiter:
     def _poll_seconds(self) -> float:
         return max(self._margin, 0.01)
 
-
-_WARM_UP = 4
-"""Round trips a limiter sees before it trusts the shortest one as the usual answer time."""
 
 _LOST_AFTER = 120.0
 """Seconds after which a request never released is taken as stamped at that point (no infinite wait)."""
@@ -267,6 +279,11 @@ class _Send:
 def _full_window(now: float, rate: float) -> deque[_Send]:
     per_window = _per_window(rate)
     return deque([_Send(now, now) for _ in range(per_window)], maxlen=per_window)
+
+
+def _rtt_history(rate: float) -> int:
+    # At least the k + 1 round trips the warm-up needs; 32 otherwise.
+    return max(32, _per_window(rate) + 1)
 
 
 def _per_window(rate: float) -> int:
@@ -300,10 +317,13 @@ class LimiterRegistry:
         # The clock is part of the key only so tests with fake clocks never share state with real hooks;
         # in production every hook uses time.monotonic and the key is (client_id, region).
         key = (client_id, region, clock)
+        # Only the real clock can be compared with the process's start (the slot hand-over).
+        handed_over = _process_started if clock is time.monotonic else None
         with self._lock:
             limiter = self._limiters.get(key)
             if limiter is None:
-                limiter = RateLimiter(rate, safety=safety, clock=clock, name=f"{client_id}/{region}")
+                name = f"{client_id}/{region}"
+                limiter = RateLimiter(rate, safety=safety, clock=clock, name=name, handed_over_at=handed_over)
                 self._limiters[key] = limiter
                 log.debug("Clio rate limiter %s created at %.3g req/s", limiter.name, rate)
                 return limiter
@@ -318,10 +338,21 @@ class LimiterRegistry:
 
 _REGISTRY = LimiterRegistry()
 
-# A forked worker (LocalExecutor, Celery prefork) holds its own pool slots: it must not inherit the parent's
-# schedule, nor a lock some other parent thread held at fork time.
+_process_started = time.monotonic()
+"""When this process started (forked, or imported this module): every pool slot it holds was handed over
+before then. Airflow runs each task try in a process of its own, forked after the scheduler queued it."""
+
+
+def _after_fork_in_child() -> None:
+    # A forked task process holds its own pool slots: it must not inherit the parent's schedule, nor a lock
+    # some other parent thread held at fork time; and its slots were handed over before this moment.
+    global _process_started
+    _process_started = time.monotonic()
+    _REGISTRY.clear()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_REGISTRY.clear)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # The process-wide registry's own methods: after a fork it clears itself in place, so these stay valid.

@@ -172,7 +172,8 @@ def test_slow_response_does_not_cost_its_round_trip() -> None:
 
 def test_window_guard_counts_from_the_answer_of_an_unusually_slow_request() -> None:
     # Usual round trips take 10 ms; one takes 300 ms: it may have waited at the server's door (a paused
-    # server) and been stamped just before its answer, so the next request waits one window after that answer.
+    # server) and been stamped as late as its answer less the usual 10 ms, so the next request waits one
+    # window after that.
     fake = FakeTime()
     limiter = _warmed(RateLimiter(1, clock=fake.clock), fake)
     limiter.acquire(fake.sleep)
@@ -180,7 +181,20 @@ def test_window_guard_counts_from_the_answer_of_an_unusually_slow_request() -> N
     limiter.release()
     answered = fake.now
     limiter.acquire(fake.sleep)
-    assert fake.now - answered == pytest.approx(1.0)
+    assert fake.now - answered == pytest.approx(1.0 - 0.01)
+
+
+def test_an_excess_within_the_margin_costs_nothing() -> None:
+    # The margin and a round trip's excess bound the same delay before the stamp: the larger one counts,
+    # not their sum. 30 ms of inbound jitter stays inside the 50 ms margin, so the spacing alone binds.
+    fake = FakeTime()
+    limiter = _warmed(RateLimiter(1, clock=fake.clock), fake)
+    limiter.acquire(fake.sleep)
+    sent = fake.now
+    fake.now += 0.04  # 30 ms slower than the usual 10 ms
+    limiter.release()
+    limiter.acquire(fake.sleep)
+    assert fake.now - sent == pytest.approx(limiter.interval)
 
 
 def test_new_limiter_counts_from_answers_until_round_trips_are_known() -> None:
@@ -191,7 +205,30 @@ def test_new_limiter_counts_from_answers_until_round_trips_are_known() -> None:
     limiter.release()
     answered = fake.now
     limiter.acquire(fake.sleep)
-    assert fake.now - answered == pytest.approx(1.0)
+    assert fake.now - answered == pytest.approx(1.0)  # one round trip known: not enough for k = 1
+    sent = fake.now
+    fake.now += 0.3
+    limiter.release()
+    limiter.acquire(fake.sleep)
+    # k + 1 = 2 known: 300 ms is the usual round trip, so the spacing from the send binds, not the answer.
+    assert fake.now - sent == pytest.approx(limiter.interval)
+
+
+@pytest.mark.parametrize("rate", [1, 3])
+def test_the_first_k_requests_held_at_a_paused_server_cannot_burst(rate: int) -> None:
+    # The k requests a new task may send at once all wait at the door of a paused server and are stamped
+    # together when it resumes, just before their answers: request k + 1 must count from an answer, whatever
+    # the k (equal, hence "usual") round trips say.
+    fake = FakeTime()
+    limiter = _settled(RateLimiter(rate, clock=fake.clock), fake)
+    for _ in range(rate):
+        limiter.acquire(fake.sleep)
+    fake.now += 2.0  # the pause
+    for _ in range(rate):
+        limiter.release()
+    resumed = fake.now
+    limiter.acquire(fake.sleep)
+    assert fake.now - resumed == pytest.approx(1.0)
 
 
 def test_window_guard_counts_back_per_window_requests() -> None:
@@ -243,6 +280,40 @@ def test_new_limiter_waits_one_window_for_the_slot_hand_over(rate: int) -> None:
     assert limiter.reserve() == pytest.approx(1.0)
     fake.now += 5.0
     assert limiter.reserve() == 0.0  # a limiter created long ago does not wait
+
+
+def test_the_hand_over_counts_from_when_the_slots_were_handed_over() -> None:
+    fake = FakeTime()
+    started = RateLimiter(1, clock=fake.clock, handed_over_at=fake.now - 0.6)
+    assert started.reserve() == pytest.approx(0.4)  # 0.6 s of the window already spent starting up
+    assert RateLimiter(1, clock=fake.clock, handed_over_at=fake.now - 5).reserve() == 0.0
+    # A hand-over "in the future" is taken as now, never later.
+    assert RateLimiter(1, clock=fake.clock, handed_over_at=fake.now + 5).reserve() == pytest.approx(1.0)
+
+
+def test_a_forked_process_counts_the_hand_over_from_its_fork() -> None:
+    # Airflow forks a process per task try after the scheduler gave it its pool slots: the shared limiter of
+    # a fresh child waits one window from the fork, while this long-running process's waits nothing.
+    import multiprocessing
+    import time
+
+    from airflow_provider_clio import rate_limit
+
+    time.sleep(max(0.0, rate_limit._process_started + 1.0 - time.monotonic()))
+    assert shared_limiter("app", "us", 1).reserve() == 0.0  # a new limiter, in a process started > 1 s ago
+    reset_shared_limiters()
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe()
+
+    def first_wait() -> None:
+        child.send(shared_limiter("app", "us", 1).reserve())
+
+    process = context.Process(target=first_wait)
+    process.start()
+    assert parent.poll(30)
+    waited = parent.recv()
+    process.join(30)
+    assert 0.5 < waited <= 1.0
 
 
 def test_rate_change_is_a_hand_over_too() -> None:

@@ -12,8 +12,9 @@ emulator never answered 429 nor saw more than 3 requests in any 1 s window, the 
 most 3 tasks running at once (and 3 did run at once), and the region's budget was used while 3 tasks ran.
 
 This test found the slot hand-over gap: the task that takes a freed slot could send its first request less
-than 1 s after the previous holder's last one (4 in one window, one 429). The limiter now waits one window
-before a new slot holder's first request; the report still labels any crowded window by its cause.
+than 1 s after the previous holder's last one (4 in one window, one 429). The limiter now holds a new slot
+holder's first request until one window after its process started (the previous holder ended before the
+scheduler queued it); the report still labels any crowded window by its cause.
 """
 
 from __future__ import annotations
