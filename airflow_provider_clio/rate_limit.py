@@ -65,8 +65,8 @@ class RateLimiter:
       the slots to this task, so before this task's process started (Airflow forks a new process per task
       try). A limiter starts as if it had sent ``k`` requests at ``handed_over_at``, by default its
       creation, in production the start of its process (see :func:`shared_limiter`): its first request
-      leaves one window after that, which a real task's start-up (DAG parse, imports) has mostly spent
-      already. A rate change within a process counts as a hand-over at that moment;
+      leaves one window after that, so the task's own start-up (DAG parse, imports) counts towards that
+      wait. A rate change within a process counts as a hand-over at that moment;
     - *stalled worker*: a caller that wakes up late is checked against the sends recorded meanwhile and
       waits again if needed, and a late send pushes the next reservations back by a whole interval;
     - *paused server*, stalled network or a send delayed after :meth:`acquire`: whatever a round trip took
@@ -176,8 +176,18 @@ class RateLimiter:
         """
         with self._lock:
             now = self._clock()
-            start = max(now, self._tat, self._ready_at(now) or now)
+            ready = self._ready_at(now) or now
+            start = max(now, self._tat, ready)
             self._tat = start + self._interval
+            handing_over = self._sent[-1].seed and ready > now  # no request sent since the hand-over
+        if handing_over:
+            # Say why a task's first request waits: otherwise a second of silence looks like a hang.
+            log.info(
+                "Clio rate limiter %s: first request waits %.2f s for the pool slot hand-over "
+                "(the slot's previous holder may have sent a request just before this task started)",
+                self.name,
+                ready - now,
+            )
         return start - now
 
     def acquire(self, sleep: Callable[[float], None] = time.sleep) -> float:
@@ -267,18 +277,22 @@ _LOST_AFTER = 120.0
 
 
 class _Send:
-    """One request of a limiter: when it left and when its answer came (None while in flight)."""
+    """One request of a limiter: when it left and when its answer came (None while in flight).
 
-    __slots__ = ("done", "sent")
+    A *seed* stands for the slots' previous holder's requests at the hand-over.
+    """
 
-    def __init__(self, sent: float, done: float | None = None) -> None:
+    __slots__ = ("done", "seed", "sent")
+
+    def __init__(self, sent: float, done: float | None = None, *, seed: bool = False) -> None:
         self.sent = sent
         self.done = done
+        self.seed = seed
 
 
 def _full_window(now: float, rate: float) -> deque[_Send]:
     per_window = _per_window(rate)
-    return deque([_Send(now, now) for _ in range(per_window)], maxlen=per_window)
+    return deque([_Send(now, now, seed=True) for _ in range(per_window)], maxlen=per_window)
 
 
 def _rtt_history(rate: float) -> int:

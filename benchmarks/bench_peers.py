@@ -69,7 +69,14 @@ class Run:
 
 
 def run_streams(
-    emu: ClioEmulator, client: str, workdir: Path, *, label: str, streams: int = 3, rps: float = 1.0
+    emu: ClioEmulator,
+    client: str,
+    workdir: Path,
+    *,
+    label: str,
+    streams: int = 3,
+    rps: float = 1.0,
+    fork_at_go: bool = False,
 ) -> tuple[list[dict[str, Any]], float, str]:
     """Run ``streams`` streams (one resource each) of ``client``; return results, start time, client id."""
     client_id = f"peer-{client}-{label}"
@@ -93,6 +100,7 @@ def run_streams(
             "ready": str(workdir / f"ready-{client_id}-{resource}"),
             "result": str(workdir / f"result-{client_id}-{resource}.json"),
             "go": str(go),
+            "fork_at_go": fork_at_go,
         }
         for resource in RESOURCES[:streams]
     ]
@@ -125,9 +133,13 @@ def run_streams(
     return [json.loads(Path(s["result"]).read_text()) for s in specs], start_at, client_id
 
 
-def measure(emu: ClioEmulator, client: str, records: int, latency: str, workdir: Path) -> Run:
+def measure(
+    emu: ClioEmulator, client: str, records: int, latency: str, workdir: Path, *, fork_at_go: bool = False
+) -> Run:
     """Run three streams of ``client`` and compute its figures from the emulator's log."""
-    results, start, client_id = run_streams(emu, client, workdir, label=f"{latency}-{records}")
+    results, start, client_id = run_streams(
+        emu, client, workdir, label=f"{latency}-{records}", fork_at_go=fork_at_go
+    )
     mine = [r for r in emu.requests if r.is_api and r.client_id == client_id]
     wall = max(r["end"] for r in results) - start
     admitted = sum(1 for r in mine if r.status == 200)
@@ -229,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-records", type=int, default=30000, help="0 skips the CPU phase")
     parser.add_argument("--plot", type=Path, default=HERE / "peers_rps.png")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    parser.add_argument(
+        "--fork-at-go",
+        action="store_true",
+        help="run each stream in a process forked at the common start, as a task with no start-up time",
+    )
     args = parser.parse_args(argv)
     if "provider" not in args.clients:
         parser.error("the provider is the baseline: keep it in --clients")
@@ -244,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             counts = dict.fromkeys(RESOURCES, records)
             with ClioEmulator(records=counts, latency=LATENCIES[latency]) as emu:
                 for client in args.clients:
-                    run = measure(emu, client, records, latency, workdir)
+                    run = measure(emu, client, records, latency, workdir, fork_at_go=args.fork_at_go)
                     print(
                         f"{latency} 3x{records} {client}: {run.wall:.1f} s, {run.requests} requests, "
                         f"{run.rate_limited} x 429, utilisation {run.utilisation:.3f}",

@@ -291,6 +291,24 @@ def test_the_hand_over_counts_from_when_the_slots_were_handed_over() -> None:
     assert RateLimiter(1, clock=fake.clock, handed_over_at=fake.now + 5).reserve() == pytest.approx(1.0)
 
 
+def test_the_hand_over_wait_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeTime()
+    limiter = RateLimiter(1, clock=fake.clock, name="app/us", handed_over_at=fake.now - 0.25)
+    with caplog.at_level(logging.INFO, logger="airflow_provider_clio.rate_limit"):
+        limiter.acquire(fake.sleep)
+        limiter.release()
+        limiter.acquire(fake.sleep)  # waits for the spacing: nothing to explain
+    assert [r.getMessage() for r in caplog.records] == [
+        "Clio rate limiter app/us: first request waits 0.75 s for the pool slot hand-over "
+        "(the slot's previous holder may have sent a request just before this task started)"
+    ]
+    caplog.clear()
+    settled = RateLimiter(1, clock=fake.clock, handed_over_at=fake.now - 5)
+    with caplog.at_level(logging.INFO, logger="airflow_provider_clio.rate_limit"):
+        settled.acquire(fake.sleep)
+    assert caplog.records == []
+
+
 def test_a_forked_process_counts_the_hand_over_from_its_fork() -> None:
     # Airflow forks a process per task try after the scheduler gave it its pool slots: the shared limiter of
     # a fresh child waits one window from the fork, while this long-running process's waits nothing.
