@@ -51,11 +51,12 @@ class RateLimiter:
     shortly after we send it, not when we get the answer. With ``k = max(1, floor(rate))`` requests allowed
     per window, a request may leave at ``t`` only if the ``k``-th previous request of this limiter was
     stamped more than ``window`` before ``t``; the latest it can have been stamped is taken as ``min(its
-    send + max(margin, its round trip's excess over the usual one), its answer)``. The margin and the
-    excess bound the same thing, how much later than usual that request reached the server's limiter, so
-    the larger of the two is taken, not their sum. The check and the recording
-    of the send happen together under the lock, when the caller wakes up, so the guard holds whatever the
-    threads' wake-up order. On time, the guard coincides with the spacing: no round trip is paid.
+    send + margin + excess, its answer)``, where the excess is how much longer its round trip took than the
+    usual one, counted only beyond ``margin / 2``: up to that it is jitter, which the margin covers with
+    half of it to spare; beyond it the request may have waited at the server's door, and then all of it
+    counts. The check and the recording of the send happen together under the lock, when the caller wakes
+    up, so the guard holds whatever the threads' wake-up order. On time, the guard coincides with the
+    spacing: no round trip is paid.
 
     *Assumption*: the one-way delays from us to Clio's limiter of two requests ``k`` apart differ by less
     than ``margin`` (default ``safety * window`` = 50 ms), and nothing stalls between :meth:`acquire`
@@ -70,9 +71,10 @@ class RateLimiter:
     - *stalled worker*: a caller that wakes up late is checked against the sends recorded meanwhile and
       waits again if needed, and a late send pushes the next reservations back by a whole interval;
     - *paused server*, stalled network or a send delayed after :meth:`acquire`: whatever a round trip took
-      beyond the shortest of the last 32 may have been spent before the stamp, so the guard counts that
-      excess when it exceeds the margin (bounded by the answer); while a request slower than usual is still
-      in flight, the ``k``-th next one waits for its answer;
+      beyond the shortest of the last 32 may have been spent before the stamp, so the guard adds that
+      excess once it exceeds half the margin (bounded by the answer); until 8 round trips are known, the
+      shortest may still hide how fast the server answers, so such a slow request counts from its answer;
+      while a request slower than usual is still in flight, the ``k``-th next one waits for its answer;
     - *first round trips*: until ``k + 1`` round trips are known the guard counts from answers. The first
       ``k`` requests may all have waited at a paused server's door (or paid a connection's TCP and TLS
       set-up), but request ``k + 1`` leaves only after the first one's answer, so the ``k + 1`` round trips
@@ -250,14 +252,20 @@ class RateLimiter:
             in_flight = now - kth.sent
             if in_flight >= _LOST_AFTER:  # never released: a caller broke the protocol; do not wait forever
                 return kth.sent + _LOST_AFTER + self._window
-            if now < self._strict_until or in_flight - usual > self._margin:
+            if now < self._strict_until or in_flight - usual > self._margin / 2:
                 return None  # slower than usual: it may not have been stamped yet, wait for its answer
             return kth.sent + self._margin + self._window
         if now < self._strict_until:
             return kth.done + self._window
         # Time a round trip took beyond the usual one may have been spent before the stamp (held at the door).
         held = kth.done - kth.sent - usual
-        return min(kth.sent + max(self._margin, held), kth.done) + self._window
+        if held <= self._margin / 2:
+            held = 0.0  # jitter: the margin covers it, with half of it to spare
+        elif len(self._rtts) < _SETTLED:
+            # The shortest of a few round trips may still hide how fast the server can answer, so how much of
+            # this one's excess came before the stamp is unknown: count from its answer.
+            return kth.done + self._window
+        return min(kth.sent + self._margin + held, kth.done) + self._window
 
     def _record_send(self, now: float, slot: float) -> None:
         """Record a send at ``now`` (lock held); a late wake-up pushes later reservations back."""
@@ -271,6 +279,9 @@ class RateLimiter:
     def _poll_seconds(self) -> float:
         return max(self._margin, 0.01)
 
+
+_SETTLED = 8
+"""Round trips a limiter needs before it splits a slow one's excess into before and after the stamp."""
 
 _LOST_AFTER = 120.0
 """Seconds after which a request never released is taken as stamped at that point (no infinite wait)."""

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_rate_limit.py", "bench_extract_memory.py", "bench_peers.py", "bench_lookups.py")
+BENCHMARKS = (
+    "bench_rate_limit.py",
+    "guard_sweep.py",
+    "bench_extract_memory.py",
+    "bench_peers.py",
+    "bench_lookups.py",
+)
 
 
 def main() -> int:

@@ -172,8 +172,7 @@ def test_slow_response_does_not_cost_its_round_trip() -> None:
 
 def test_window_guard_counts_from_the_answer_of_an_unusually_slow_request() -> None:
     # Usual round trips take 10 ms; one takes 300 ms: it may have waited at the server's door (a paused
-    # server) and been stamped as late as its answer less the usual 10 ms, so the next request waits one
-    # window after that.
+    # server) and been stamped just before its answer, so the next request waits one window after that answer.
     fake = FakeTime()
     limiter = _warmed(RateLimiter(1, clock=fake.clock), fake)
     limiter.acquire(fake.sleep)
@@ -181,20 +180,57 @@ def test_window_guard_counts_from_the_answer_of_an_unusually_slow_request() -> N
     limiter.release()
     answered = fake.now
     limiter.acquire(fake.sleep)
-    assert fake.now - answered == pytest.approx(1.0 - 0.01)
+    assert fake.now - answered == pytest.approx(1.0)
 
 
-def test_an_excess_within_the_margin_costs_nothing() -> None:
-    # The margin and a round trip's excess bound the same delay before the stamp: the larger one counts,
-    # not their sum. 30 ms of inbound jitter stays inside the 50 ms margin, so the spacing alone binds.
+def _usual(limiter: RateLimiter, fake: FakeTime, round_trip: float, n: int = 8) -> RateLimiter:
+    """Give a settled limiter ``n`` round trips of ``round_trip`` seconds: its usual one."""
+    _settled(limiter, fake)
+    for _ in range(n):
+        limiter.acquire(fake.sleep)
+        fake.now += round_trip
+        limiter.release()
+    return limiter
+
+
+def test_window_guard_adds_the_excess_of_a_slow_request_to_the_margin() -> None:
+    # Usual round trips take 200 ms (most of it after the stamp); one takes 600 ms. Its extra 400 ms may all
+    # have been spent before the stamp: send + 50 ms margin + 400 ms, then one window.
     fake = FakeTime()
-    limiter = _warmed(RateLimiter(1, clock=fake.clock), fake)
+    limiter = _usual(RateLimiter(1, clock=fake.clock), fake, 0.2)
     limiter.acquire(fake.sleep)
     sent = fake.now
-    fake.now += 0.04  # 30 ms slower than the usual 10 ms
+    fake.now += 0.6
     limiter.release()
     limiter.acquire(fake.sleep)
-    assert fake.now - sent == pytest.approx(limiter.interval)
+    assert fake.now - sent == pytest.approx(0.05 + 0.4 + 1.0)
+
+
+def test_a_slow_request_among_the_first_round_trips_counts_from_its_answer() -> None:
+    # After a few round trips the shortest may still hide how fast the server answers, so a slow one's
+    # excess cannot be split into before and after the stamp yet: one window after its answer.
+    fake = FakeTime()
+    limiter = _usual(RateLimiter(1, clock=fake.clock), fake, 0.2, n=3)
+    limiter.acquire(fake.sleep)
+    fake.now += 0.6
+    limiter.release()
+    answered = fake.now
+    limiter.acquire(fake.sleep)
+    assert fake.now - answered == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("excess", "gap"), [(0.025, 1.05), (0.03, 1.08)])
+def test_jitter_within_half_the_margin_costs_nothing(excess: float, gap: float) -> None:
+    # Up to half the margin (25 ms) a slower round trip is jitter, which the margin covers: the spacing alone
+    # binds. Beyond it the request may have waited at the server's door, and all its excess counts.
+    fake = FakeTime()
+    limiter = _usual(RateLimiter(1, clock=fake.clock), fake, 0.2)
+    limiter.acquire(fake.sleep)
+    sent = fake.now
+    fake.now += 0.2 + excess
+    limiter.release()
+    limiter.acquire(fake.sleep)
+    assert fake.now - sent == pytest.approx(gap)
 
 
 def test_new_limiter_counts_from_answers_until_round_trips_are_known() -> None:
