@@ -44,13 +44,21 @@ def _operator(conn_id: str, destination: Path, **arguments: Any) -> ClioExtractO
     Return an extraction of ``grow/matters`` into the local folder ``destination``; ``arguments`` add to or
     override that.
 
-    Each operator has its own token store unless ``token_store`` is passed: the operators of one test that
-    run one after the other share one (refresh tokens rotate), e.g. through :func:`functools.partial`.
+    Each operator has its own token store unless ``token_store`` is passed (see :func:`_tries`).
     """
     defaults = {"task_id": "extract", "endpoint": "grow/matters", "token_store": MemoryTokenStore()}
     return ClioExtractOperator(
         clio_conn_id=conn_id, destination=f"file://{destination}", **{**defaults, **arguments}
     )
+
+
+def _tries(conn_id: str, destination: Path, **arguments: Any) -> Callable[..., ClioExtractOperator]:
+    """
+    Return ``operator(**more)``: a new :func:`_operator` for each try of one extraction, ``more`` overriding.
+
+    The tries share one token store, as refresh tokens rotate.
+    """
+    return functools.partial(_operator, conn_id, destination, token_store=MemoryTokenStore(), **arguments)
 
 
 def _in(record: dict[str, Any], since: datetime.datetime, until: datetime.datetime) -> bool:
@@ -286,15 +294,13 @@ def test_file_checkpoint_fallback_resumes_outside_task_state_store(
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
     fields = ["id", "name"]
-    operator = functools.partial(
-        _operator,
+    operator = _tries(
         conn_id,
         tmp_path / "out",
         task_id="fallback",
         endpoint="grow/contacts",
         fields=fields,
         records_per_file=100,
-        token_store=MemoryTokenStore(),
         request_retry=support.FAST_FAIL,
     )
 
@@ -529,15 +535,13 @@ def test_an_unusable_saved_cursor_restarts_the_extraction(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
-    operator = functools.partial(
-        _operator,
+    operator = _tries(
         conn_id,
         tmp_path / "out",
         task_id="stale",
         endpoint="grow/contacts",
         fields=["id"],
         records_per_file=100,
-        token_store=MemoryTokenStore(),
         request_retry=support.FAST_FAIL,
     )
 
@@ -710,8 +714,7 @@ def test_parquet_parts_of_a_run_and_its_resumed_try_share_one_schema(
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
     fields = ["id", "quantity", "total", "billed", "matter{id,display_number}"]
     destination = tmp_path / "activities"
-    operator = functools.partial(
-        _operator,
+    operator = _tries(
         conn_id,
         destination,
         task_id="pq",
@@ -719,7 +722,6 @@ def test_parquet_parts_of_a_run_and_its_resumed_try_share_one_schema(
         fields=fields,
         file_format="parquet",
         records_per_file=50,
-        token_store=MemoryTokenStore(),
         request_retry=support.FAST_FAIL,
     )
 
@@ -764,8 +766,7 @@ def test_a_backfill_that_drops_most_records_still_checkpoints_its_cursor(
     since = datetime.datetime(2026, 1, 1, tzinfo=UTC)
     until = datetime.datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
     destination = tmp_path / "backfill"
-    operator = functools.partial(
-        _operator,
+    operator = _tries(
         conn_id,
         destination,
         task_id="backfill",
@@ -773,7 +774,6 @@ def test_a_backfill_that_drops_most_records_still_checkpoints_its_cursor(
         fields=["id", "updated_at"],
         updated_since=since.isoformat(),
         updated_until=until.isoformat(),
-        token_store=MemoryTokenStore(),
         request_retry=support.FAST_FAIL,
     )
 
@@ -813,15 +813,13 @@ def test_the_checkpoint_does_not_grow_with_the_number_of_parts(
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
     destination = tmp_path / "contacts"
     task_state = support.TaskState()  # its ``saved`` list holds every checkpoint written
-    operator = functools.partial(
-        _operator,
+    operator = _tries(
         conn_id,
         destination,
         task_id="bounded",
         endpoint="grow/contacts",
         fields=["id", "name"],
         records_per_file=25,  # one page per part: 20 parts
-        token_store=MemoryTokenStore(),
         request_retry=support.FAST_FAIL,
     )
 
@@ -864,8 +862,7 @@ def test_a_resumed_complete_checkpoint_keeps_the_parquet_schema_in_the_manifest(
             raise error
         real_write(path, value)
 
-    operator = functools.partial(
-        _operator,
+    operator = _tries(
         conn_id,
         destination,
         task_id="pq",
@@ -873,7 +870,6 @@ def test_a_resumed_complete_checkpoint_keeps_the_parquet_schema_in_the_manifest(
         fields=["id", "total", "billed"],
         file_format="parquet",
         records_per_file=50,
-        token_store=MemoryTokenStore(),
     )
 
     monkeypatch.setattr(extract, "write_json_atomic", manifest_write_fails_once)
