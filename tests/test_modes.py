@@ -292,15 +292,23 @@ def _hourly_export(support: ModuleType, clio: str, root: Path) -> DAG:
     return dag
 
 
-def test_a_file_rerun_replaces_its_folder_after_a_backfill_moved_its_lower_bound(
+@pytest.fixture
+def export(
     airflow_db: Path,
     clio_emulator_factory: Callable[..., ClioEmulator],
     monkeypatch: pytest.MonkeyPatch,
     support: ModuleType,
     tmp_path: Path,
-) -> None:
+) -> tuple[ClioEmulator, DAG]:
+    """An emulator with 80 contacts and an :func:`_hourly_export` of them into ``tmp_path``."""
     emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 80}, page_size=50)
-    dag = _hourly_export(support, support.clio_connection(monkeypatch, emu), tmp_path)
+    return emu, _hourly_export(support, support.clio_connection(monkeypatch, emu), tmp_path)
+
+
+def test_a_file_rerun_replaces_its_folder_after_a_backfill_moved_its_lower_bound(
+    export: tuple[ClioEmulator, DAG], support: ModuleType, tmp_path: Path
+) -> None:
+    emu, dag = export
     emu.touch("contacts", [5], at=at(0.5))
     emu.touch("contacts", [6], at=at(1.5))
     _run(support, dag, at(0))
@@ -314,14 +322,9 @@ def test_a_file_rerun_replaces_its_folder_after_a_backfill_moved_its_lower_bound
 
 
 def test_file_extracts_are_exact_per_run_and_overlap_across_runs_by_the_window(
-    airflow_db: Path,
-    clio_emulator_factory: Callable[..., ClioEmulator],
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
-    tmp_path: Path,
+    export: tuple[ClioEmulator, DAG], support: ModuleType, tmp_path: Path
 ) -> None:
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 80}, page_size=50)
-    dag = _hourly_export(support, support.clio_connection(monkeypatch, emu), tmp_path)
+    emu, dag = export
     emu.touch("contacts", [5], at=at(0.5))
     emu.touch("contacts", [6], at=at(1) - datetime.timedelta(minutes=2))  # in the next run's overlap window
     emu.touch("contacts", [7], at=at(1.5))

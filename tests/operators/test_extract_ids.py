@@ -24,6 +24,12 @@ FIELDS = ["name", "updated_at"]
 
 
 @pytest.fixture
+def emu(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
+    """300 contacts in pages of 20: a lookup reads each batch of 50 ids as 20 + 20 + 10 records."""
+    return clio_emulator_factory(rate_limit=1000, records={"contacts": 300}, page_size=20)
+
+
+@pytest.fixture
 def few(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
     """An emulator with 5 contacts, for the tests that end before any request."""
     return clio_emulator_factory(rate_limit=1000, records={"contacts": 5})
@@ -122,17 +128,12 @@ def test_ids_from_an_upstream_xcom_are_extracted_exactly_in_batches_of_50(
 
 
 def test_a_retry_after_a_failure_in_batch_2_of_3_ends_with_every_record(
-    airflow_db: Path,
-    clio_emulator_factory: Callable[..., ClioEmulator],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    airflow_db: Path, emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> None:
     # Pages of 20 split each batch of 50 ids into 20 + 20 + 10. With parts of 20 records, the part holding
     # batch 1's last page is uploaded when batch 2's first page arrives: a checkpoint saved then would name
     # that page's next_url, None at the end of batch 1, which reads as "every page committed". The outage
     # hits batch 2's second page; a retry resuming that checkpoint would commit batch 1 alone.
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 300}, page_size=20)
     ids = list(range(101, 221))  # 120 ids: batches of 50, 50, 20
     clio = support.clio_connection(monkeypatch, emu, requests_per_slot=20)  # the watcher lands between pages
     destination = tmp_path / "contacts"
@@ -277,12 +278,8 @@ def test_an_empty_id_list_commits_an_empty_extract_without_a_request(
 
 
 def test_the_try_fence_refuses_a_superseded_lookup_after_the_newer_try_committed(
-    clio_emulator_factory: Callable[..., ClioEmulator],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> None:
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 300}, page_size=20)
     clio = support.clio_connection(monkeypatch, emu)
     tokens, store = MemoryTokenStore(), support.TaskState()
     destination = tmp_path / "contacts"
