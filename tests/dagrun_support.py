@@ -7,11 +7,13 @@ Loaded by path through the ``support`` fixture of tests/conftest.py: the suite r
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -30,6 +32,14 @@ if TYPE_CHECKING:
 FAST_FAIL = RetrySettings(max_attempts=2, initial=0.01, maximum=0.01, jitter=False, max_total_wait=1.0)
 """In-request retries that give up at once, so an injected outage reaches Airflow's task retry."""
 
+ONE_RETRY: dict[str, Any] = {
+    "request_retry": FAST_FAIL,
+    "retries": 1,
+    "retry_delay": datetime.timedelta(0),
+    "retry_exponential_backoff": 0,
+}
+"""Task arguments of the resume tests: an outage fails try 1 at once and try 2 starts without a delay."""
+
 
 def clio_connection(
     monkeypatch: pytest.MonkeyPatch,
@@ -47,9 +57,28 @@ def clio_connection(
     return conn_id
 
 
+def sqlite_connection(monkeypatch: pytest.MonkeyPatch, path: Path) -> str:
+    """Point a fresh SQL connection id at the SQLite file ``path``; return the id."""
+    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
+    connection = json.dumps({"conn_type": "sqlite", "host": str(path)})
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection)
+    return conn_id
+
+
 def unique_dag_id(prefix: str) -> str:
     """Return a DAG id no earlier test used (runs and task state are keyed by it)."""
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def manual_dag(prefix: str) -> DAG:
+    """Return an unscheduled DAG with a fresh id (:func:`unique_dag_id`), to run with :func:`run_dag`."""
+    from airflow.sdk import DAG
+
+    return DAG(
+        unique_dag_id(prefix),
+        schedule=None,
+        start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    )
 
 
 def sync_dag(dag: DAG) -> None:
@@ -71,6 +100,20 @@ def run_dag(dag: DAG, **kwargs: Any) -> DagRun:
     """Run ``dag`` in-process with ``dag.test()`` (real task runner, retries and inline triggers)."""
     sync_dag(dag)
     return dag.test(**kwargs)
+
+
+def run_through_outage(dag: DAG, emu: ClioEmulator, task_id: str, *, pages: int, requests: int = 2) -> DagRun:
+    """
+    Run ``dag`` with an outage of ``requests`` answers after ``pages`` list pages (:class:`OutageAfterPages`).
+
+    Asserts that the outage fired and that ``task_id`` then succeeded on its retry, try 2; returns the run.
+    """
+    with OutageAfterPages(emu, pages=pages, requests=requests) as outage:
+        dag_run = run_dag(dag)
+    assert outage.fired.is_set()
+    assert ti_state(dag_run, task_id) == "success"
+    assert try_number(dag_run, task_id) == 2
+    return dag_run
 
 
 def ti_state(dag_run: DagRun, task_id: str) -> str | None:
@@ -127,6 +170,33 @@ def project(records: Iterable[dict[str, Any]], fields: Sequence[str] | str | Non
     return out
 
 
+def contact_rows(emu: ClioEmulator) -> dict[int, tuple[Any, ...]]:
+    """Return the emulator's contacts as ``(id, name, updated_at)`` table rows, by id."""
+    return {r["id"]: (r["id"], r["name"], r["updated_at"]) for r in emu.records("contacts")}
+
+
+def manifest(destination: Path) -> dict[str, Any]:
+    """Return the ``_manifest.json`` committed at a local destination folder."""
+    value: dict[str, Any] = json.loads((destination / "_manifest.json").read_text())
+    return value
+
+
+def manifest_records(destination: Path) -> list[dict[str, Any]]:
+    """Read the committed output the way a consumer must: through the manifest (each part's count checked)."""
+    rows: list[dict[str, Any]] = []
+    for entry in manifest(destination)["files"]:
+        with open(destination / entry["path"], encoding="utf-8") as handle:
+            part = [json.loads(line) for line in handle if line.strip()]
+        assert len(part) == entry["records"]
+        rows.extend(part)
+    return rows
+
+
+def run_folders(destination: Path) -> list[str]:
+    """Return the names of the ``run=`` folders at a local destination, sorted."""
+    return sorted(p.name for p in destination.iterdir() if p.name.startswith("run="))
+
+
 def read_jsonl(paths: Iterable[Any]) -> list[dict[str, Any]]:
     """Read the records of JSONL files in order."""
     rows: list[dict[str, Any]] = []
@@ -139,6 +209,11 @@ def read_jsonl(paths: Iterable[Any]) -> list[dict[str, Any]]:
 def page_tokens(requests: Iterable[RequestRecord], status: int = 200) -> list[str | None]:
     """Return the ``page_token`` of each list request with ``status``, in arrival order."""
     return [r.page_token for r in requests if r.status == status and (r.path or "").startswith("/grow")]
+
+
+def id_lookups(requests: Iterable[RequestRecord]) -> list[RequestRecord]:
+    """Return the list requests of a contacts lookup by id (every one carries ``ids[]``), in arrival order."""
+    return [r for r in requests if r.path == "/grow/contacts" and "ids[]" in r.query]
 
 
 def split_at_outage(requests: Sequence[RequestRecord], status: int = 503) -> tuple[list[Any], list[Any]]:
@@ -198,3 +273,30 @@ def task_state_keys(dag_run: DagRun, task_id: str) -> list[str]:
                 )
             )
         )
+
+
+class TaskState:
+    """
+    An in-memory ``task_state_store`` accessor (get/set/delete) shared by the tries of a task instance.
+
+    Values go through JSON both ways, as Airflow's store does; ``saved`` keeps every value set, in order.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.saved: list[Any] = []
+        self.lock = threading.Lock()  # tries may run on threads at once (the fencing tests)
+
+    def get(self, key: str) -> Any:
+        with self.lock:
+            value = self.values.get(key)
+            return None if value is None else json.loads(json.dumps(value))
+
+    def set(self, key: str, value: Any) -> None:
+        with self.lock:
+            self.values[key] = json.loads(json.dumps(value))
+            self.saved.append(self.values[key])
+
+    def delete(self, key: str) -> None:
+        with self.lock:
+            self.values.pop(key, None)

@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, BaseOperator, ObjectStoragePath
+from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_clio.checkpoint import (
@@ -194,11 +194,7 @@ class _CheckpointProbe(BaseOperator):
 
 def test_task_state_store_survives_a_real_retry(airflow_db: Path, support: ModuleType) -> None:
     SEEN.clear()
-    with DAG(
-        support.unique_dag_id("checkpoint_probe"),
-        schedule=None,
-        start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
-    ) as dag:
+    with support.manual_dag("checkpoint_probe") as dag:
         _CheckpointProbe(task_id="probe", retries=1, retry_delay=datetime.timedelta(0))
     dag_run = support.run_dag(dag)
     assert support.ti_state(dag_run, "probe") == "success"

@@ -8,10 +8,8 @@ try 1 wakes up and reaches its next commit. Without the fence try 1 commits its 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -37,28 +35,7 @@ STALE_IDS = range(201, 251)
 """The records of page 5 (50 per page), changed in Clio while try 1 holds their old versions."""
 
 
-class _TaskState:
-    """An in-memory ``task_state_store`` accessor (get/set/delete) shared by the tries, as Airflow's is."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-        self.lock = threading.Lock()
-
-    def get(self, key: str) -> Any:
-        with self.lock:
-            value = self.values.get(key)
-            return None if value is None else json.loads(json.dumps(value))
-
-    def set(self, key: str, value: Any) -> None:
-        with self.lock:
-            self.values[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        with self.lock:
-            self.values.pop(key, None)
-
-
-def _context(store: _TaskState, try_number: int) -> dict[str, Any]:
+def _context(store: Any, try_number: int) -> dict[str, Any]:
     ti = SimpleNamespace(dag_id="fence", run_id="r1", task_id="t", map_index=-1, try_number=try_number)
     return {"task_state_store": store, "ti": ti}
 
@@ -110,13 +87,6 @@ class _Try(threading.Thread):
             self.error = err
 
 
-def _sqlite_connection(monkeypatch: pytest.MonkeyPatch, path: Path) -> str:
-    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
-    connection = json.dumps({"conn_type": "sqlite", "host": str(path)})
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection)
-    return conn_id
-
-
 @pytest.fixture
 def emu(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
     return clio_emulator_factory(rate_limit=1000, records={"contacts": 500}, page_size=50)
@@ -127,7 +97,7 @@ def test_a_late_part_and_manifest_from_try_1_are_refused_after_try_2_finished(
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu)
     tokens = MemoryTokenStore()
-    store = _TaskState()
+    store = support.TaskState()
     destination = tmp_path / "contacts"
     uploads: list[tuple[str, str]] = []
     real_upload = writers.upload_atomic
@@ -168,7 +138,7 @@ def test_a_late_part_and_manifest_from_try_1_are_refused_after_try_2_finished(
     assert len(uploads) == uploads_before_wake, "try 1 uploaded a part after try 2 took over"
     assert summary["resumed"] is True
     assert summary["resumed_parts"] == 2
-    manifest = json.loads((destination / "_manifest.json").read_text())
+    manifest = support.manifest(destination)
     assert manifest["task"]["try_number"] == 2
     assert manifest["run"] == summary["run"]
     # Exactly the emulator's current records: try 2's fresh page 5, not try 1's stale copy.
@@ -183,9 +153,9 @@ def test_a_late_sql_batch_from_try_1_is_refused_while_try_2_owns_the_load(
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu)
     path = tmp_path / "warehouse.db"
-    sql_conn = _sqlite_connection(monkeypatch, path)
+    sql_conn = support.sqlite_connection(monkeypatch, path)
     tokens = MemoryTokenStore()
-    store = _TaskState()
+    store = support.TaskState()
     batches: list[tuple[str, int]] = []
     real_commit = SqlSink.commit
 
@@ -239,10 +209,10 @@ def test_a_late_sql_batch_from_try_1_is_refused_while_try_2_owns_the_load(
 
 
 def test_the_sql_fence_is_checked_inside_the_batch_transaction(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> None:
     path = tmp_path / "fence.db"
-    hook = BaseHook.get_connection(_sqlite_connection(monkeypatch, path)).get_hook()
+    hook = BaseHook.get_connection(support.sqlite_connection(monkeypatch, path)).get_hook()
 
     def superseded() -> None:
         refuse_if_superseded({"owner": 2}, 1, True, "the store")

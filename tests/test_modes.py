@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import datetime
-import json
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -132,24 +130,27 @@ def test_a_mode_that_needs_a_data_interval_refuses_a_run_without_one(mode: str) 
 
 
 @pytest.fixture
-def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> tuple[str, Path]:
+def warehouse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path, support: ModuleType
+) -> tuple[str, Path]:
     path = tmp_path / "warehouse.db"
-    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "sqlite", "host": str(path)})
-    )
-    return conn_id, path
+    return support.sqlite_connection(monkeypatch, path), path
 
 
-def _hourly_load(support: ModuleType, clio: str, sql_conn_id: str, **kwargs: Any) -> DAG:
-    """An hourly catchup=False DAG loading contacts with the mode in ``params.mode`` (default gap-free)."""
-    with DAG(
-        support.unique_dag_id("modes"),
+def _hourly_dag(support: ModuleType, prefix: str) -> DAG:
+    """An hourly catchup=False DAG whose tasks read the mode from ``params.mode`` (default gap-free)."""
+    return DAG(
+        support.unique_dag_id(prefix),
         schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
         start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
         catchup=False,
         params={"mode": "since_last_success"},
-    ) as dag:
+    )
+
+
+def _hourly_load(support: ModuleType, clio: str, sql_conn_id: str, **kwargs: Any) -> DAG:
+    """An hourly catchup=False DAG loading contacts with the mode in ``params.mode`` (default gap-free)."""
+    with _hourly_dag(support, "modes") as dag:
         ClioToSqlOperator(
             task_id="load",
             clio_conn_id=clio,
@@ -168,10 +169,6 @@ def _table(path: Path) -> dict[int, tuple[Any, ...]]:
     with closing(sqlite3.connect(path)) as db:
         rows = db.execute('SELECT id, name, updated_at FROM "contacts" ORDER BY id').fetchall()
     return {row[0]: row for row in rows}
-
-
-def _truth(emu: ClioEmulator) -> dict[int, tuple[Any, ...]]:
-    return {r["id"]: (r["id"], r["name"], r["updated_at"]) for r in emu.records("contacts")}
 
 
 def _run(
@@ -208,7 +205,7 @@ def test_paused_intervals_are_all_loaded_by_the_next_run_and_reruns_change_nothi
     resumed = _run(support, dag, at(4))
     assert resumed["interval"] == {"since": "2026-08-01T00:55:00+00:00", "until": "2026-08-01T04:00:00+00:00"}
     assert (resumed["records"], resumed["mode"]) == (4, "since_last_success")
-    truth = _truth(emu)
+    truth = support.contact_rows(emu)
     table = _table(path)
     assert {i: row for i, row in table.items() if i != 50} == {i: row for i, row in truth.items() if i != 50}
     assert table[50] != truth[50]
@@ -272,7 +269,7 @@ def test_a_low_id_edited_behind_the_cursor_is_loaded_by_the_following_run(
     assert first["records"] == 299
     # Page 1 (ids 1-20) was read before the edit: a max(updated_at) watermark would now stand at 290's
     # stamp, after contact 3's, and skip it forever. The run's bound was fixed before the scan instead.
-    truth = _truth(emu)
+    truth = support.contact_rows(emu)
     assert _table(path)[3] != truth[3]
 
     second = _run(support, dag, at(2))
@@ -282,13 +279,7 @@ def test_a_low_id_edited_behind_the_cursor_is_loaded_by_the_following_run(
 
 def _hourly_export(support: ModuleType, clio: str, root: Path) -> DAG:
     """An hourly catchup=False DAG exporting contacts since the last success, one folder per interval."""
-    with DAG(
-        support.unique_dag_id("modes_files"),
-        schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
-        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
-        catchup=False,
-        params={"mode": "since_last_success"},
-    ) as dag:
+    with _hourly_dag(support, "modes_files") as dag:
         ClioExtractOperator(
             task_id="load",
             clio_conn_id=clio,
@@ -301,15 +292,23 @@ def _hourly_export(support: ModuleType, clio: str, root: Path) -> DAG:
     return dag
 
 
-def test_a_file_rerun_replaces_its_folder_after_a_backfill_moved_its_lower_bound(
+@pytest.fixture
+def export(
     airflow_db: Path,
     clio_emulator_factory: Callable[..., ClioEmulator],
     monkeypatch: pytest.MonkeyPatch,
     support: ModuleType,
     tmp_path: Path,
-) -> None:
+) -> tuple[ClioEmulator, DAG]:
+    """An emulator with 80 contacts and an :func:`_hourly_export` of them into ``tmp_path``."""
     emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 80}, page_size=50)
-    dag = _hourly_export(support, support.clio_connection(monkeypatch, emu), tmp_path)
+    return emu, _hourly_export(support, support.clio_connection(monkeypatch, emu), tmp_path)
+
+
+def test_a_file_rerun_replaces_its_folder_after_a_backfill_moved_its_lower_bound(
+    export: tuple[ClioEmulator, DAG], support: ModuleType, tmp_path: Path
+) -> None:
+    emu, dag = export
     emu.touch("contacts", [5], at=at(0.5))
     emu.touch("contacts", [6], at=at(1.5))
     _run(support, dag, at(0))
@@ -319,18 +318,13 @@ def test_a_file_rerun_replaces_its_folder_after_a_backfill_moved_its_lower_bound
     assert rerun["interval"] == {"since": "2026-08-01T00:55:00+00:00", "until": "2026-08-01T02:00:00+00:00"}
     folder = tmp_path / "20260801T010000"
     assert [r["id"] for r in read_extract(f"file://{folder}")] == [6]
-    assert len([p for p in folder.iterdir() if p.name.startswith("run=")]) == 1
+    assert len(support.run_folders(folder)) == 1
 
 
 def test_file_extracts_are_exact_per_run_and_overlap_across_runs_by_the_window(
-    airflow_db: Path,
-    clio_emulator_factory: Callable[..., ClioEmulator],
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
-    tmp_path: Path,
+    export: tuple[ClioEmulator, DAG], support: ModuleType, tmp_path: Path
 ) -> None:
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 80}, page_size=50)
-    dag = _hourly_export(support, support.clio_connection(monkeypatch, emu), tmp_path)
+    emu, dag = export
     emu.touch("contacts", [5], at=at(0.5))
     emu.touch("contacts", [6], at=at(1) - datetime.timedelta(minutes=2))  # in the next run's overlap window
     emu.touch("contacts", [7], at=at(1.5))

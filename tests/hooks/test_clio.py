@@ -861,7 +861,7 @@ def test_a_task_outside_the_connections_pool_is_refused_before_any_request(
     airflow_db: Any, clio_emulator_factory: Any, monkeypatch: pytest.MonkeyPatch, support: Any
 ) -> None:
     # Issue 8 finding 5: a plain @task in default_pool must not add its requests to a full clio_us pool.
-    from airflow.sdk import DAG, task
+    from airflow.sdk import task
 
     emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 30}, page_size=10)
     conn_id = support.clio_connection(monkeypatch, emu)
@@ -869,11 +869,7 @@ def test_a_task_outside_the_connections_pool_is_refused_before_any_request(
     errors: list[str] = []
     before: list[int] = []
 
-    with DAG(
-        support.unique_dag_id("hook_pool"),
-        schedule=None,
-        start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
-    ) as dag:
+    with support.manual_dag("hook_pool") as dag:
 
         @task(pool="default_pool")
         def outside() -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import json
 import logging
@@ -38,24 +39,26 @@ def emu(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
     return clio_emulator_factory(rate_limit=1000, records={"matters": 260, "contacts": 500}, page_size=50)
 
 
-def _manifest(destination: Path) -> dict[str, Any]:
-    return json.loads((destination / "_manifest.json").read_text())
+def _operator(conn_id: str, destination: Path, **arguments: Any) -> ClioExtractOperator:
+    """
+    Return an extraction of ``grow/matters`` into the local folder ``destination``; ``arguments`` add to or
+    override that.
+
+    Each operator has its own token store unless ``token_store`` is passed (see :func:`_tries`).
+    """
+    defaults = {"task_id": "extract", "endpoint": "grow/matters", "token_store": MemoryTokenStore()}
+    return ClioExtractOperator(
+        clio_conn_id=conn_id, destination=f"file://{destination}", **{**defaults, **arguments}
+    )
 
 
-def _manifest_records(destination: Path) -> list[dict[str, Any]]:
-    """Read the committed output the way a consumer must: through the manifest."""
-    manifest = _manifest(destination)
-    rows: list[dict[str, Any]] = []
-    for entry in manifest["files"]:
-        with open(destination / entry["path"], encoding="utf-8") as handle:
-            part = [json.loads(line) for line in handle if line.strip()]
-        assert len(part) == entry["records"]
-        rows.extend(part)
-    return rows
+def _tries(conn_id: str, destination: Path, **arguments: Any) -> Callable[..., ClioExtractOperator]:
+    """
+    Return ``operator(**more)``: a new :func:`_operator` for each try of one extraction, ``more`` overriding.
 
-
-def _run_folders(destination: Path) -> list[str]:
-    return sorted(p.name for p in destination.iterdir() if p.name.startswith("run="))
+    The tries share one token store, as refresh tokens rotate.
+    """
+    return functools.partial(_operator, conn_id, destination, token_store=MemoryTokenStore(), **arguments)
 
 
 def _in(record: dict[str, Any], since: datetime.datetime, until: datetime.datetime) -> bool:
@@ -98,9 +101,9 @@ def test_dag_run_writes_exact_records_and_a_rerun_replaces_them(
     assert summary["files"] == 3
     assert summary["rate_limited"] == 0
     assert summary["manifest"] == f"file://{destination}/_manifest.json"
-    assert _manifest_records(destination) == expected
+    assert support.manifest_records(destination) == expected
     assert list(read_extract(f"file://{destination}")) == expected
-    manifest = _manifest(destination)
+    manifest = support.manifest(destination)
     assert [f["records"] for f in manifest["files"]] == [100, 100, 60]
     assert [f["path"] for f in manifest["files"]] == [
         f"run={summary['run']}/part-0000{i}.jsonl" for i in range(3)
@@ -115,8 +118,8 @@ def test_dag_run_writes_exact_records_and_a_rerun_replaces_them(
     assert support.ti_state(second, "extract") == "success"
     rerun = support.xcom_value(second, "extract")
     assert rerun["run"] != summary["run"]
-    assert _run_folders(destination) == [f"run={rerun['run']}"]
-    assert _manifest_records(destination) == expected
+    assert support.run_folders(destination) == [f"run={rerun['run']}"]
+    assert support.manifest_records(destination) == expected
 
     # The summary is small and no rendered field or XCom carries a credential.
     rendered = json.dumps(support.rendered_fields(second, "extract"), default=str)
@@ -134,18 +137,16 @@ def test_parquet_parts_hold_nested_values_as_json(
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu)
     fields = ["id", "display_number", "is_locked", "client{id,name}", "updated_at"]
-    op = ClioExtractOperator(
+    op = _operator(
+        conn_id,
+        tmp_path / "pq",
         task_id="parquet",
-        clio_conn_id=conn_id,
-        endpoint="grow/matters",
         fields=fields,
-        destination=f"file://{tmp_path}/pq",
         file_format="parquet",
         records_per_file=120,
-        token_store=MemoryTokenStore(),
     )
     summary = op.execute({})
-    manifest = _manifest(tmp_path / "pq")
+    manifest = support.manifest(tmp_path / "pq")
     assert [f["records"] for f in manifest["files"]] == [100, 100, 60]
     assert all(f["path"].endswith(".parquet") for f in manifest["files"])
     rows: list[dict[str, Any]] = []
@@ -178,20 +179,19 @@ def test_consecutive_intervals_partition_the_changes(
     store = MemoryTokenStore()
     extracted: list[list[dict[str, Any]]] = []
     for i, (since, until) in enumerate(itertools.pairwise(bounds)):
-        op = ClioExtractOperator(
+        op = _operator(
+            conn_id,
+            tmp_path / f"i{i}",
             task_id=f"interval_{i}",
-            clio_conn_id=conn_id,
-            endpoint="grow/matters",
             fields=["id", "display_number"],
             updated_since=since.isoformat(),
             updated_until=until.isoformat(),
-            destination=f"file://{tmp_path}/i{i}",
             records_per_file=40,
             token_store=store,
         )
         summary = op.execute({})
         assert summary["interval"] == {"since": since.isoformat(), "until": until.isoformat()}
-        rows = _manifest_records(tmp_path / f"i{i}")
+        rows = support.manifest_records(tmp_path / f"i{i}")
         # updated_at was requested only to filter: it is not in the output.
         assert all(set(r) == {"id", "display_number"} for r in rows)
         extracted.append(rows)
@@ -222,18 +222,17 @@ def test_upper_bound_defaults_to_the_data_interval_end(
     store = MemoryTokenStore()
 
     def run(name: str, context: dict[str, Any]) -> list[int]:
-        op = ClioExtractOperator(
+        op = _operator(
+            conn_id,
+            tmp_path / name,
             task_id=name,
-            clio_conn_id=conn_id,
-            endpoint="grow/matters",
             fields=["id"],
             updated_since="{{ data_interval_start }}",
-            destination=f"file://{tmp_path}/{name}",
             token_store=store,
         )
         op.updated_since = since.isoformat()  # what the template renders to
         op.execute(context)
-        return [r["id"] for r in _manifest_records(tmp_path / name)]
+        return [r["id"] for r in support.manifest_records(tmp_path / name)]
 
     # Scheduled run: [data_interval_start, data_interval_end).
     assert run("scheduled", {"data_interval_end": end}) == [r["id"] for r in truth if _in(r, since, end)]
@@ -253,29 +252,17 @@ def test_retry_resumes_from_the_last_committed_part(
     # Paced at 20 requests/s, so the outage watcher lands between two pages.
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
     fields = ["id", "name", "email", "updated_at"]
-    with DAG(
-        support.unique_dag_id("extract_resume"),
-        schedule=None,
-        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
-    ) as dag:
-        ClioExtractOperator(
+    with support.manual_dag("extract_resume") as dag:
+        _operator(
+            conn_id,
+            tmp_path / "contacts",
             task_id="extract",
-            clio_conn_id=conn_id,
             endpoint="grow/contacts",
             fields=fields,
-            destination=f"file://{tmp_path}/contacts",
             records_per_file=100,  # two pages of 50 per part
-            token_store=MemoryTokenStore(),
-            request_retry=support.FAST_FAIL,
-            retries=1,
-            retry_delay=datetime.timedelta(0),
-            retry_exponential_backoff=0,
+            **support.ONE_RETRY,
         )
-    with support.OutageAfterPages(emu, pages=5, requests=2) as outage:
-        dag_run = support.run_dag(dag)
-    assert outage.fired.is_set()
-    assert support.ti_state(dag_run, "extract") == "success"
-    assert support.try_number(dag_run, "extract") == 2
+    dag_run = support.run_through_outage(dag, emu, "extract", pages=5)
     summary = support.xcom_value(dag_run, "extract")
     assert summary["resumed"] is True
     committed_parts = summary["resumed_parts"]
@@ -283,9 +270,9 @@ def test_retry_resumes_from_the_last_committed_part(
 
     # Exactly once: every record of the emulator, in order, no duplicates.
     destination = tmp_path / "contacts"
-    assert _manifest_records(destination) == support.project(emu.records("contacts"), fields)
+    assert support.manifest_records(destination) == support.project(emu.records("contacts"), fields)
     assert summary["records"] == 500
-    assert _run_folders(destination) == [f"run={summary['run']}"]
+    assert support.run_folders(destination) == [f"run={summary['run']}"]
 
     # The retry did not re-read committed pages: it started at the first uncommitted one.
     before, after = support.split_at_outage(emu.requests)
@@ -307,19 +294,15 @@ def test_file_checkpoint_fallback_resumes_outside_task_state_store(
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
     fields = ["id", "name"]
-    store = MemoryTokenStore()
-
-    def operator(**kwargs: Any) -> ClioExtractOperator:
-        return ClioExtractOperator(
-            task_id="fallback",
-            clio_conn_id=conn_id,
-            endpoint="grow/contacts",
-            destination=f"file://{tmp_path}/out",
-            records_per_file=100,
-            token_store=store,
-            request_retry=support.FAST_FAIL,
-            **{"fields": fields, **kwargs},
-        )
+    operator = _tries(
+        conn_id,
+        tmp_path / "out",
+        task_id="fallback",
+        endpoint="grow/contacts",
+        fields=fields,
+        records_per_file=100,
+        request_retry=support.FAST_FAIL,
+    )
 
     with support.OutageAfterPages(emu, pages=5, requests=2), pytest.raises(ClioTransientError):
         operator().execute({})
@@ -333,9 +316,9 @@ def test_file_checkpoint_fallback_resumes_outside_task_state_store(
         other = operator(fields=["id"]).execute({})
     assert "belongs to a different extraction" in caplog.text
     assert other["resumed"] is False
-    assert _manifest_records(destination) == [{"id": r["id"]} for r in emu.records("contacts")]
+    assert support.manifest_records(destination) == [{"id": r["id"]} for r in emu.records("contacts")]
     assert not (destination / "_checkpoint.json").exists()
-    assert _run_folders(destination) == [f"run={other['run']}"]
+    assert support.run_folders(destination) == [f"run={other['run']}"]
 
     # Fail again, then resume with the same selection from the file beside the output (replacing the
     # other selection's committed output is deliberate here: overwrite=True).
@@ -347,9 +330,9 @@ def test_file_checkpoint_fallback_resumes_outside_task_state_store(
     assert summary["resumed"] is True
     assert summary["run"] == saved["token"]
     assert summary["resumed_parts"] == saved["units"]
-    assert _manifest_records(destination) == support.project(emu.records("contacts"), fields)
+    assert support.manifest_records(destination) == support.project(emu.records("contacts"), fields)
     assert not (destination / "_checkpoint.json").exists()
-    assert _run_folders(destination) == [f"run={summary['run']}"]
+    assert support.run_folders(destination) == [f"run={summary['run']}"]
     _, after = support.split_at_outage(emu.requests)
     assert None not in support.page_tokens(after)
 
@@ -457,15 +440,7 @@ def test_a_pool_or_region_the_hook_does_not_pace_for_fails(
 ) -> None:
     # The hook always paces for the connection's region and pool: a task counted elsewhere breaks the limit.
     conn_id = support.clio_connection(monkeypatch, emu)
-    op = ClioExtractOperator(
-        task_id="t",
-        clio_conn_id=conn_id,
-        endpoint="grow/matters",
-        fields=["id"],
-        destination=f"file://{tmp_path}/w",
-        token_store=MemoryTokenStore(),
-        **kwargs,
-    )
+    op = _operator(conn_id, tmp_path / "w", task_id="t", fields=["id"], **kwargs)
     with pytest.raises(ClioConfigError, match=message) as caught:
         op.execute({})
     assert emu.count(path_prefix="/grow") == 0
@@ -474,15 +449,7 @@ def test_a_pool_or_region_the_hook_does_not_pace_for_fails(
 
     # A custom pool is fine once the connection names it: task and hook agree.
     custom = support.clio_connection(monkeypatch, emu, pool="mine")
-    summary = ClioExtractOperator(
-        task_id="c",
-        clio_conn_id=custom,
-        endpoint="grow/matters",
-        fields=["id"],
-        destination=f"file://{tmp_path}/c",
-        pool="mine",
-        token_store=MemoryTokenStore(),
-    ).execute({})
+    summary = _operator(custom, tmp_path / "c", task_id="c", fields=["id"], pool="mine").execute({})
     assert summary["records"] == 260
 
 
@@ -536,14 +503,7 @@ def test_openlineage_facets(
     emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu)
-    op = ClioExtractOperator(
-        task_id="ol",
-        clio_conn_id=conn_id,
-        endpoint="grow/matters",
-        fields=["id"],
-        destination=f"file://{tmp_path}/ol",
-        token_store=MemoryTokenStore(),
-    )
+    op = _operator(conn_id, tmp_path / "ol", task_id="ol", fields=["id"])
     start = op.get_openlineage_facets_on_start()
     assert [(d.namespace, d.name) for d in start.inputs] == [("clio://us", "grow/matters")]
     assert [(d.namespace, d.name) for d in start.outputs] == [("file", f"{tmp_path}/ol")]
@@ -575,19 +535,15 @@ def test_an_unusable_saved_cursor_restarts_the_extraction(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
-    store = MemoryTokenStore()
-
-    def operator() -> ClioExtractOperator:
-        return ClioExtractOperator(
-            task_id="stale",
-            clio_conn_id=conn_id,
-            endpoint="grow/contacts",
-            fields=["id"],
-            destination=f"file://{tmp_path}/out",
-            records_per_file=100,
-            token_store=store,
-            request_retry=support.FAST_FAIL,
-        )
+    operator = _tries(
+        conn_id,
+        tmp_path / "out",
+        task_id="stale",
+        endpoint="grow/contacts",
+        fields=["id"],
+        records_per_file=100,
+        request_retry=support.FAST_FAIL,
+    )
 
     with support.OutageAfterPages(emu, pages=5, requests=2), pytest.raises(ClioTransientError):
         operator().execute({})
@@ -601,8 +557,8 @@ def test_an_unusable_saved_cursor_restarts_the_extraction(
     assert "Cannot resume from the saved cursor" in caplog.text
     assert summary["resumed"] is False
     assert summary["run"] != saved["token"]
-    assert _manifest_records(tmp_path / "out") == [{"id": r["id"]} for r in emu.records("contacts")]
-    assert _run_folders(tmp_path / "out") == [f"run={summary['run']}"]
+    assert support.manifest_records(tmp_path / "out") == [{"id": r["id"]} for r in emu.records("contacts")]
+    assert support.run_folders(tmp_path / "out") == [f"run={summary['run']}"]
     assert not path.exists()
 
 
@@ -621,16 +577,16 @@ def test_random_429_and_503_are_absorbed_and_counted(
         faults=Faults(seed=3, error_rate=0.3, error_statuses=(429, 503)),
     )
     conn_id = support.clio_connection(monkeypatch, emu)
-    summary = ClioExtractOperator(
+    summary = _operator(
+        conn_id,
+        tmp_path / "faulty",
         task_id="faulty",
-        clio_conn_id=conn_id,
         endpoint="grow/contacts",
         fields=["id", "name"],
-        destination=f"file://{tmp_path}/faulty",
-        token_store=MemoryTokenStore(),
         request_retry=RetrySettings(max_attempts=20, initial=0.001, maximum=0.005, max_total_wait=5.0),
     ).execute({})
-    assert _manifest_records(tmp_path / "faulty") == support.project(emu.records("contacts"), ["id", "name"])
+    expected = support.project(emu.records("contacts"), ["id", "name"])
+    assert support.manifest_records(tmp_path / "faulty") == expected
     assert summary["rate_limited"] == emu.count(status=429) > 0
     assert emu.count(status=503) > 0
 
@@ -648,14 +604,13 @@ _STORE = MemoryTokenStore()
 def _interval_operator(
     conn_id: str, destination: Path, since: datetime.datetime, until: datetime.datetime, **kwargs: Any
 ) -> ClioExtractOperator:
-    return ClioExtractOperator(
+    return _operator(
+        conn_id,
+        destination,
         task_id=f"interval_{since:%m}",
-        clio_conn_id=conn_id,
-        endpoint="grow/matters",
         fields=["id", "updated_at"],
         updated_since=since.isoformat(),
         updated_until=until.isoformat(),
-        destination=f"file://{destination}",
         token_store=_STORE,
         **kwargs,
     )
@@ -668,7 +623,7 @@ def test_a_destination_of_another_interval_is_refused_unless_overwrite(
     destination = tmp_path / "static"
     march, may, july = (datetime.datetime(2026, m, 1, tzinfo=UTC) for m in (3, 5, 7))
     first = _interval_operator(conn_id, destination, march, may).execute({})
-    committed = _manifest_records(destination)
+    committed = support.manifest_records(destination)
     assert committed
     emu.clear_requests()
 
@@ -676,16 +631,16 @@ def test_a_destination_of_another_interval_is_refused_unless_overwrite(
     with pytest.raises(ClioConfigError, match=r"one destination per interval.*overwrite=True"):
         _interval_operator(conn_id, destination, may, july).execute({})
     assert emu.count(path_prefix="/grow") == 0
-    assert _manifest_records(destination) == committed
-    assert _run_folders(destination) == [f"run={first['run']}"]
+    assert support.manifest_records(destination) == committed
+    assert support.run_folders(destination) == [f"run={first['run']}"]
 
     # A rerun of the same interval replaces it; overwrite=True replaces another interval on purpose.
     again = _interval_operator(conn_id, destination, march, may).execute({})
-    assert _run_folders(destination) == [f"run={again['run']}"]
+    assert support.run_folders(destination) == [f"run={again['run']}"]
     replaced = _interval_operator(conn_id, destination, may, july, overwrite=True).execute({})
-    assert _run_folders(destination) == [f"run={replaced['run']}"]
+    assert support.run_folders(destination) == [f"run={replaced['run']}"]
     truth = emu.records("matters")
-    assert _manifest_records(destination) == [
+    assert support.manifest_records(destination) == [
         {"id": r["id"], "updated_at": r["updated_at"]} for r in truth if _in(r, may, july)
     ]
 
@@ -721,7 +676,7 @@ def test_a_manifest_committed_meanwhile_for_another_interval_is_not_replaced(
         _interval_operator(conn_id, destination, since, until, records_per_file=50).execute({})
     watcher.join(timeout=5)
     assert emu.count(status=200, path_prefix="/grow") == 6  # it failed at the commit, after every page
-    assert _manifest(destination) == other
+    assert support.manifest(destination) == other
     assert (destination / "run=other").is_dir()
 
 
@@ -740,8 +695,8 @@ def test_a_commit_deletes_only_the_replaced_run_not_a_concurrent_one(
     (destination / "._manifest.json.k2j4h.tmp").write_text("{")
 
     second = _interval_operator(conn_id, destination, since, until).execute({})
-    assert _run_folders(destination) == sorted([f"run={second['run']}", in_progress.name])
-    assert f"run={first['run']}" not in _run_folders(destination)
+    assert support.run_folders(destination) == sorted([f"run={second['run']}", in_progress.name])
+    assert f"run={first['run']}" not in support.run_folders(destination)
     assert (in_progress / "part-00000.jsonl").exists()
     assert not (destination / "_manifest.json.tmp-deadbeef").exists()
     assert not (destination / "._manifest.json.k2j4h.tmp").exists()
@@ -758,21 +713,17 @@ def test_parquet_parts_of_a_run_and_its_resumed_try_share_one_schema(
     emu = clio_emulator_factory(rate_limit=1000, records={"activities": 300}, page_size=50)
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
     fields = ["id", "quantity", "total", "billed", "matter{id,display_number}"]
-    store = MemoryTokenStore()
     destination = tmp_path / "activities"
-
-    def operator() -> ClioExtractOperator:
-        return ClioExtractOperator(
-            task_id="pq",
-            clio_conn_id=conn_id,
-            endpoint="grow/activities",
-            fields=fields,
-            destination=f"file://{destination}",
-            file_format="parquet",
-            records_per_file=50,
-            token_store=store,
-            request_retry=support.FAST_FAIL,
-        )
+    operator = _tries(
+        conn_id,
+        destination,
+        task_id="pq",
+        endpoint="grow/activities",
+        fields=fields,
+        file_format="parquet",
+        records_per_file=50,
+        request_retry=support.FAST_FAIL,
+    )
 
     run_schema = {
         "id": "int64",
@@ -789,7 +740,7 @@ def test_parquet_parts_of_a_run_and_its_resumed_try_share_one_schema(
     assert saved["sink_state"]["parquet_schema"] == run_schema
     summary = operator().execute({})
     assert summary["resumed"] is True
-    manifest = _manifest(destination)
+    manifest = support.manifest(destination)
     assert manifest["schema"] == run_schema
     paths = [str(destination / entry["path"]) for entry in manifest["files"]]
     assert len(paths) == 6
@@ -814,21 +765,17 @@ def test_a_backfill_that_drops_most_records_still_checkpoints_its_cursor(
     # Clio applies updated_since; the upper bound is client-side, so nearly every page is dropped whole.
     since = datetime.datetime(2026, 1, 1, tzinfo=UTC)
     until = datetime.datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
-    store = MemoryTokenStore()
     destination = tmp_path / "backfill"
-
-    def operator() -> ClioExtractOperator:
-        return ClioExtractOperator(
-            task_id="backfill",
-            clio_conn_id=conn_id,
-            endpoint="grow/contacts",
-            fields=["id", "updated_at"],
-            updated_since=since.isoformat(),
-            updated_until=until.isoformat(),
-            destination=f"file://{destination}",
-            token_store=store,
-            request_retry=support.FAST_FAIL,
-        )
+    operator = _tries(
+        conn_id,
+        destination,
+        task_id="backfill",
+        endpoint="grow/contacts",
+        fields=["id", "updated_at"],
+        updated_since=since.isoformat(),
+        updated_until=until.isoformat(),
+        request_retry=support.FAST_FAIL,
+    )
 
     with support.OutageAfterPages(emu, pages=25, requests=2), pytest.raises(ClioTransientError):
         operator().execute({})
@@ -837,7 +784,7 @@ def test_a_backfill_that_drops_most_records_still_checkpoints_its_cursor(
     assert saved["units"] == 0
     assert saved["pages"] == 20
     assert saved["next_url"]
-    assert _run_folders(destination) == []
+    assert support.run_folders(destination) == []
 
     summary = operator().execute({})
     assert summary["resumed"] is True
@@ -848,24 +795,6 @@ def test_a_backfill_that_drops_most_records_still_checkpoints_its_cursor(
     first_try, second_try = support.page_tokens(before), support.page_tokens(after)
     assert second_try[0] == first_try[20]
     assert len(second_try) == 30
-
-
-class _RecordingTaskState:
-    """A ``task_state_store`` accessor (get/set/delete) that remembers the size of every value saved."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-        self.saved: list[Any] = []
-
-    def get(self, key: str) -> Any:
-        return self.values.get(key)
-
-    def set(self, key: str, value: Any) -> None:
-        self.values[key] = json.loads(json.dumps(value))
-        self.saved.append(self.values[key])
-
-    def delete(self, key: str) -> None:
-        self.values.pop(key, None)
 
 
 def test_the_checkpoint_does_not_grow_with_the_number_of_parts(
@@ -882,21 +811,17 @@ def test_the_checkpoint_does_not_grow_with_the_number_of_parts(
     monkeypatch.setattr(writers, "PART_LOG_SEGMENT", 3)
     emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 500}, page_size=25)
     conn_id = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
-    store = MemoryTokenStore()
     destination = tmp_path / "contacts"
-    task_state = _RecordingTaskState()
-
-    def operator() -> ClioExtractOperator:
-        return ClioExtractOperator(
-            task_id="bounded",
-            clio_conn_id=conn_id,
-            endpoint="grow/contacts",
-            fields=["id", "name"],
-            destination=f"file://{destination}",
-            records_per_file=25,  # one page per part: 20 parts
-            token_store=store,
-            request_retry=support.FAST_FAIL,
-        )
+    task_state = support.TaskState()  # its ``saved`` list holds every checkpoint written
+    operator = _tries(
+        conn_id,
+        destination,
+        task_id="bounded",
+        endpoint="grow/contacts",
+        fields=["id", "name"],
+        records_per_file=25,  # one page per part: 20 parts
+        request_retry=support.FAST_FAIL,
+    )
 
     with support.OutageAfterPages(emu, pages=11, requests=2), pytest.raises(ClioTransientError):
         operator().execute({"task_state_store": task_state})  # type: ignore[arg-type]
@@ -909,12 +834,12 @@ def test_the_checkpoint_does_not_grow_with_the_number_of_parts(
     assert all(len(value["sink_state"]["files"]) < 3 for value in task_state.saved)
     # Two part entries are about 200 bytes: the last checkpoint is as small as the first ones.
     assert max(sizes) - min(sizes) < 300
-    manifest = _manifest(destination)
+    manifest = support.manifest(destination)
     assert [entry["path"] for entry in manifest["files"]] == [
         f"run={summary['run']}/part-{index:05d}.jsonl" for index in range(20)
     ]
-    assert _manifest_records(destination) == support.project(emu.records("contacts"), ["id", "name"])
-    assert list(read_extract(f"file://{destination}")) == _manifest_records(destination)
+    assert support.manifest_records(destination) == support.project(emu.records("contacts"), ["id", "name"])
+    assert list(read_extract(f"file://{destination}")) == support.manifest_records(destination)
 
 
 def test_a_resumed_complete_checkpoint_keeps_the_parquet_schema_in_the_manifest(
@@ -928,7 +853,6 @@ def test_a_resumed_complete_checkpoint_keeps_the_parquet_schema_in_the_manifest(
     emu = clio_emulator_factory(rate_limit=1000, records={"activities": 120}, page_size=50)
     conn_id = support.clio_connection(monkeypatch, emu)
     destination = tmp_path / "activities"
-    store = MemoryTokenStore()
     real_write = extract.write_json_atomic
     failures = iter([OSError("store unavailable")])
 
@@ -938,17 +862,15 @@ def test_a_resumed_complete_checkpoint_keeps_the_parquet_schema_in_the_manifest(
             raise error
         real_write(path, value)
 
-    def operator() -> ClioExtractOperator:
-        return ClioExtractOperator(
-            task_id="pq",
-            clio_conn_id=conn_id,
-            endpoint="grow/activities",
-            fields=["id", "total", "billed"],
-            destination=f"file://{destination}",
-            file_format="parquet",
-            records_per_file=50,
-            token_store=store,
-        )
+    operator = _tries(
+        conn_id,
+        destination,
+        task_id="pq",
+        endpoint="grow/activities",
+        fields=["id", "total", "billed"],
+        file_format="parquet",
+        records_per_file=50,
+    )
 
     monkeypatch.setattr(extract, "write_json_atomic", manifest_write_fails_once)
     # Every part is uploaded and the checkpoint says so; only the manifest commit fails.
@@ -959,7 +881,7 @@ def test_a_resumed_complete_checkpoint_keeps_the_parquet_schema_in_the_manifest(
     summary = operator().execute({})
     assert emu.count(path_prefix="/grow") == requests  # finished without reading a page again
     assert summary["resumed"] is True
-    manifest = _manifest(destination)
+    manifest = support.manifest(destination)
     assert manifest["schema"] == {"id": "int64", "total": "float64", "billed": "bool"}
     assert len(manifest["files"]) == 3
     assert [r["id"] for r in read_extract(f"file://{destination}")] == [

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import datetime
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +10,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, task
+from airflow.sdk import task
 
 from airflow_provider_clio.auth import MemoryTokenStore
 from airflow_provider_clio.exceptions import ClioAttemptSupersededError, ClioConfigError
@@ -21,24 +19,41 @@ from airflow_provider_clio.operators import writers
 from airflow_provider_clio.operators.extract import ClioExtractOperator, read_extract
 from airflow_provider_clio.testing import ClioEmulator
 
-UTC = datetime.timezone.utc
 # No id: the lookup adds it to the request, the output keeps the user's selection.
 FIELDS = ["name", "updated_at"]
 
 
-def _lookups(emu: ClioEmulator) -> list[Any]:
-    """The list requests of a lookup (every one carries ids[])."""
-    return [r for r in emu.requests if r.path == "/grow/contacts" and "ids[]" in r.query]
+@pytest.fixture
+def emu(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
+    """300 contacts in pages of 20: a lookup reads each batch of 50 ids as 20 + 20 + 10 records."""
+    return clio_emulator_factory(rate_limit=1000, records={"contacts": 300}, page_size=20)
 
 
-def _run_folders(destination: Path) -> list[str]:
-    return sorted(p.name for p in destination.iterdir() if p.name.startswith("run="))
+@pytest.fixture
+def few(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
+    """An emulator with 5 contacts, for the tests that end before any request."""
+    return clio_emulator_factory(rate_limit=1000, records={"contacts": 5})
 
 
-def _dag(support: ModuleType, prefix: str) -> DAG:
-    return DAG(
-        support.unique_dag_id(prefix), schedule=None, start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC)
-    )
+@pytest.fixture
+def few_ids_operator(
+    few: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
+) -> Callable[..., ClioExtractOperator]:
+    """Return ``make(task_id, **arguments)``: a ``mode="ids"`` extraction of ``few`` into ``tmp_path/out``."""
+    clio = support.clio_connection(monkeypatch, few)
+
+    def make(task_id: str, **arguments: Any) -> ClioExtractOperator:
+        return ClioExtractOperator(
+            task_id=task_id,
+            clio_conn_id=clio,
+            endpoint="grow/contacts",
+            mode="ids",
+            destination=f"file://{tmp_path}/out",
+            token_store=MemoryTokenStore(),
+            **arguments,
+        )
+
+    return make
 
 
 def test_ids_from_an_upstream_xcom_are_extracted_exactly_in_batches_of_50(
@@ -54,7 +69,7 @@ def test_ids_from_an_upstream_xcom_are_extracted_exactly_in_batches_of_50(
     gone = [7, 8, 9001]  # deleted in Clio, and an id Clio never had
     ids = [*wanted[:60], *gone, *wanted[:5], *wanted[60:]]  # repeats are looked up once
     clio = support.clio_connection(monkeypatch, emu)
-    with _dag(support, "extract_ids") as dag:
+    with support.manual_dag("extract_ids") as dag:
 
         @task
         def pick() -> list[int]:
@@ -97,12 +112,12 @@ def test_ids_from_an_upstream_xcom_are_extracted_exactly_in_batches_of_50(
         assert (summary["missing_ids"], summary["missing_ids_first"]) == (3, gone)
         assert summary["rate_limited"] == 0
         assert summary["resumed"] is False
-        manifest = json.loads((tmp_path / task_id / "_manifest.json").read_text())
+        manifest = support.manifest(tmp_path / task_id)
         assert manifest["mode"] == "ids"
         assert manifest["ids"]["count"] == 113
     assert support.xcom_value(dag_run, "native")["files"] == 3  # parts of whole pages, about 40 records
 
-    sent = _lookups(emu)
+    sent = support.id_lookups(emu.requests)
     assert len(sent) == 6  # 3 batches per task, nothing else listed
     assert all(len(r.query["ids[]"]) <= MAX_IDS_PER_REQUEST for r in sent)
     assert [len(r.query["ids[]"]) for r in sent] == [50, 50, 13] * 2
@@ -113,21 +128,16 @@ def test_ids_from_an_upstream_xcom_are_extracted_exactly_in_batches_of_50(
 
 
 def test_a_retry_after_a_failure_in_batch_2_of_3_ends_with_every_record(
-    airflow_db: Path,
-    clio_emulator_factory: Callable[..., ClioEmulator],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    airflow_db: Path, emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> None:
     # Pages of 20 split each batch of 50 ids into 20 + 20 + 10. With parts of 20 records, the part holding
     # batch 1's last page is uploaded when batch 2's first page arrives: a checkpoint saved then would name
     # that page's next_url, None at the end of batch 1, which reads as "every page committed". The outage
     # hits batch 2's second page; a retry resuming that checkpoint would commit batch 1 alone.
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 300}, page_size=20)
     ids = list(range(101, 221))  # 120 ids: batches of 50, 50, 20
     clio = support.clio_connection(monkeypatch, emu, requests_per_slot=20)  # the watcher lands between pages
     destination = tmp_path / "contacts"
-    with _dag(support, "extract_ids_retry") as dag:
+    with support.manual_dag("extract_ids_retry") as dag:
         ClioExtractOperator(
             task_id="extract",
             clio_conn_id=clio,
@@ -138,23 +148,16 @@ def test_a_retry_after_a_failure_in_batch_2_of_3_ends_with_every_record(
             destination=f"file://{destination}",
             records_per_file=20,
             token_store=MemoryTokenStore(),
-            request_retry=support.FAST_FAIL,
-            retries=1,
-            retry_delay=datetime.timedelta(0),
-            retry_exponential_backoff=0,
+            **support.ONE_RETRY,
         )
-    with support.OutageAfterPages(emu, pages=4, requests=2) as outage:
-        dag_run = support.run_dag(dag)
-    assert outage.fired.is_set()
-    assert support.ti_state(dag_run, "extract") == "success"
-    assert support.try_number(dag_run, "extract") == 2
+    dag_run = support.run_through_outage(dag, emu, "extract", pages=4)
 
     truth = {r["id"]: {"id": r["id"], "name": r["name"]} for r in emu.records("contacts")}
     assert list(read_extract(f"file://{destination}")) == [truth[i] for i in ids]
     summary = support.xcom_value(dag_run, "extract")
     assert (summary["records"], summary["missing_ids"], summary["resumed"]) == (120, 0, False)
     # The first try's parts were abandoned and removed once the retry committed; no checkpoint is left.
-    assert _run_folders(destination) == [f"run={summary['run']}"]
+    assert support.run_folders(destination) == [f"run={summary['run']}"]
     assert not (destination / "_checkpoint.json").exists()
     assert support.task_state_keys(dag_run, "extract") == []
 
@@ -205,50 +208,28 @@ def test_invalid_ids_arguments_fail_at_construction(kwargs: dict[str, Any], mess
     ],
 )
 def test_bad_rendered_ids_fail_before_any_request(
-    clio_emulator_factory: Callable[..., ClioEmulator],
+    few: ClioEmulator,
+    few_ids_operator: Callable[..., ClioExtractOperator],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
     rendered: Any,
     message: str,
 ) -> None:
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 5})
-    op = ClioExtractOperator(
-        task_id="bad",
-        clio_conn_id=support.clio_connection(monkeypatch, emu),
-        endpoint="grow/contacts",
-        mode="ids",
-        ids="{{ ti.xcom_pull(task_ids='pick') }}",  # skipped at construction: not rendered yet
-        destination=f"file://{tmp_path}/out",
-        token_store=MemoryTokenStore(),
-    )
+    # The template is skipped at construction: it is not rendered yet.
+    op = few_ids_operator("bad", ids="{{ ti.xcom_pull(task_ids='pick') }}")
     op.ids = rendered
     with pytest.raises(ClioConfigError, match=message):
         op.execute({})
-    assert emu.count(path_prefix="/grow") == 0
+    assert few.count(path_prefix="/grow") == 0
     assert not (tmp_path / "out").exists()
 
 
 def test_ids_in_query_params_are_refused_before_any_request(
-    clio_emulator_factory: Callable[..., ClioEmulator],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    few: ClioEmulator, few_ids_operator: Callable[..., ClioExtractOperator]
 ) -> None:
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 5})
-    op = ClioExtractOperator(
-        task_id="bad",
-        clio_conn_id=support.clio_connection(monkeypatch, emu),
-        endpoint="grow/contacts",
-        mode="ids",
-        ids=[1, 2],
-        query_params={"ids[]": [3]},
-        destination=f"file://{tmp_path}/out",
-        token_store=MemoryTokenStore(),
-    )
+    op = few_ids_operator("bad", ids=[1, 2], query_params={"ids[]": [3]})
     with pytest.raises(ClioConfigError, match=r"must not set ids\[\] with mode='ids'"):
         op.execute({})
-    assert emu.count(path_prefix="/grow") == 0
+    assert few.count(path_prefix="/grow") == 0
 
 
 def test_a_destination_holding_other_ids_is_refused_unless_overwrite(
@@ -287,52 +268,20 @@ def test_a_destination_holding_other_ids_is_refused_unless_overwrite(
 
 
 def test_an_empty_id_list_commits_an_empty_extract_without_a_request(
-    clio_emulator_factory: Callable[..., ClioEmulator],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    few: ClioEmulator, few_ids_operator: Callable[..., ClioExtractOperator], tmp_path: Path
 ) -> None:
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 5})
-    op = ClioExtractOperator(
-        task_id="nothing",
-        clio_conn_id=support.clio_connection(monkeypatch, emu),
-        endpoint="grow/contacts",
-        mode="ids",
-        ids="[]",  # an upstream task found nothing to refresh
-        destination=f"file://{tmp_path}/out",
-        token_store=MemoryTokenStore(),
-    )
+    op = few_ids_operator("nothing", ids="[]")  # an upstream task found nothing to refresh
     summary = op.execute({})
     assert (summary["records"], summary["requested_ids"], summary["id_requests"]) == (0, 0, 0)
     assert list(read_extract(f"file://{tmp_path}/out")) == []
-    assert emu.count(path_prefix="/grow") == 0
-
-
-class _TaskState:
-    """An in-memory ``task_state_store`` accessor shared by the tries of a task instance, as Airflow's is."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str) -> Any:
-        return self.values.get(key)
-
-    def set(self, key: str, value: Any) -> None:
-        self.values[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        self.values.pop(key, None)
+    assert few.count(path_prefix="/grow") == 0
 
 
 def test_the_try_fence_refuses_a_superseded_lookup_after_the_newer_try_committed(
-    clio_emulator_factory: Callable[..., ClioEmulator],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    emu: ClioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> None:
-    emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 300}, page_size=20)
     clio = support.clio_connection(monkeypatch, emu)
-    tokens, store = MemoryTokenStore(), _TaskState()
+    tokens, store = MemoryTokenStore(), support.TaskState()
     destination = tmp_path / "contacts"
     ids = list(range(101, 221))
     newer: list[dict[str, Any]] = []
@@ -367,10 +316,9 @@ def test_the_try_fence_refuses_a_superseded_lookup_after_the_newer_try_committed
 
     (summary,) = newer
     assert (summary["records"], summary["resumed"]) == (120, False)
-    manifest = json.loads((destination / "_manifest.json").read_text())
-    assert manifest["task"]["try_number"] == 2
+    assert support.manifest(destination)["task"]["try_number"] == 2
     truth = {r["id"]: {"id": r["id"], "name": r["name"]} for r in emu.records("contacts")}
     assert list(read_extract(f"file://{destination}")) == [truth[i] for i in ids]
     # Try 2 removed try 1's abandoned parts; try 1 uploaded nothing after it woke.
-    assert _run_folders(destination) == [f"run={summary['run']}"]
+    assert support.run_folders(destination) == [f"run={summary['run']}"]
     assert store.values == {}

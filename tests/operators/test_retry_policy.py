@@ -9,7 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, BaseOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.definitions.retry_policy import RetryAction
 
 from airflow_provider_clio.exceptions import (
@@ -100,11 +100,7 @@ class _RateLimitedOnce(BaseOperator):
 
 def test_a_real_task_retries_after_retry_after_not_retry_delay(airflow_db: Path, support: ModuleType) -> None:
     _attempts.clear()
-    with DAG(
-        support.unique_dag_id("retry_policy"),
-        schedule=None,
-        start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
-    ) as dag:
+    with support.manual_dag("retry_policy") as dag:
         _RateLimitedOnce(
             task_id="limited",
             retries=1,

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -165,24 +166,9 @@ with DAG(
 '''
 
 
-def _manifest_records(destination: Path) -> list[dict[str, Any]]:
-    """Read a committed output the way a consumer must: through its manifest."""
-    manifest = json.loads((destination / "_manifest.json").read_text())
-    rows: list[dict[str, Any]] = []
-    for entry in manifest["files"]:
-        with open(destination / entry["path"], encoding="utf-8") as handle:
-            part = [json.loads(line) for line in handle if line.strip()]
-        assert len(part) == entry["records"]
-        rows.extend(part)
-    return rows
-
-
-def _expected(emu: ClioEmulator, extraction: Extraction) -> list[dict[str, Any]]:
-    records = emu.records(extraction.resource)
-    if extraction.fields is None:
-        return records
-    names = extraction.fields.split(",")
-    return [{name: record[name] for name in names} for record in records]
+def _expected(emu: ClioEmulator, extraction: Extraction, support: ModuleType) -> list[dict[str, Any]]:
+    """The emulator's records of the extraction's resource, projected on its ``fields`` (all if ``None``)."""
+    return support.project(emu.records(extraction.resource), extraction.fields)
 
 
 def _json(value: Any) -> Any:
@@ -367,6 +353,7 @@ def test_celery_deployment_holds_the_limit_and_survives_a_dead_worker(
     tmp_path: Path,
     redis_url: str,
     require_service: Callable[[bool, str], None],
+    support: ModuleType,
 ) -> None:
     started = time.monotonic()
     admin_url = os.environ.get(POSTGRES_ADMIN_ENV, POSTGRES_ADMIN_DEFAULT)
@@ -425,7 +412,7 @@ def test_celery_deployment_holds_the_limit_and_survives_a_dead_worker(
         killed_after_sigterm = deployment.stop()
         figures["stop_s"] = time.monotonic() - stop_started
         try:
-            _check(deployment, probe, emu, out, state, kill, figures, started, killed_after_sigterm)
+            _check(deployment, probe, emu, out, state, kill, figures, started, killed_after_sigterm, support)
         except BaseException:
             print(deployment.dump_logs())
             raise
@@ -441,6 +428,7 @@ def _check(
     figures: dict[str, float],
     started: float,
     killed_after_sigterm: list[str],
+    support: ModuleType,
 ) -> None:
     """Assert the run's outcome and print the measured figures."""
     assert state == "success", f"DAG run ended {state}"
@@ -454,10 +442,10 @@ def _check(
 
     # Exact outputs: every record exactly once, the killed and resumed one included.
     for extraction in (*EXTRACTIONS, KILLED):
-        rows = _manifest_records(out / extraction.task_id)
-        assert rows == _expected(emu, extraction), extraction.task_id
+        rows = support.manifest_records(out / extraction.task_id)
+        assert rows == _expected(emu, extraction, support), extraction.task_id
         assert len({row["id"] for row in rows}) == len(rows), extraction.task_id
-    assert len([p for p in (out / LONG).iterdir() if p.name.startswith("run=")]) == 1
+    assert len(support.run_folders(out / LONG)) == 1
 
     # The rate limit held in both regions, through the kill and the retry.
     assert emu.count(status=429) == 0

@@ -20,12 +20,12 @@ scheduler queued it); the report still labels any crowded window by its cause.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -197,28 +197,13 @@ def report(
     return "\n".join(lines)
 
 
-def _manifest_records(destination: Path) -> list[dict[str, Any]]:
-    """Read a committed output the way a consumer must: through its manifest."""
-    manifest = json.loads((destination / "_manifest.json").read_text())
-    rows: list[dict[str, Any]] = []
-    for entry in manifest["files"]:
-        with open(destination / entry["path"], encoding="utf-8") as handle:
-            part = [json.loads(line) for line in handle if line.strip()]
-        assert len(part) == entry["records"]
-        rows.extend(part)
-    return rows
-
-
-def _expected(emu: ClioEmulator, extraction: Extraction) -> list[dict[str, Any]]:
-    records = emu.records(extraction.resource)
-    if extraction.fields is None:
-        return records
-    names = extraction.fields.split(",")
-    return [{name: record[name] for name in names} for record in records]
+def _expected(emu: ClioEmulator, extraction: Extraction, support: ModuleType) -> list[dict[str, Any]]:
+    """The emulator's records of the extraction's resource, projected on its ``fields`` (all if ``None``)."""
+    return support.project(emu.records(extraction.resource), extraction.fields)
 
 
 def test_pool_holds_the_rate_limit_under_a_real_scheduler(
-    clio_emulator_factory: Callable[..., ClioEmulator], tmp_path: Path
+    clio_emulator_factory: Callable[..., ClioEmulator], tmp_path: Path, support: ModuleType
 ) -> None:
     started = time.monotonic()
     emu = clio_emulator_factory(rate_limit=RATE_LIMIT, page_size=PAGE_SIZE, records=RECORDS)
@@ -289,7 +274,9 @@ def test_pool_holds_the_rate_limit_under_a_real_scheduler(
         )
         (run,) = deployment.dag_runs(DAG_ID)
         for extraction in EXTRACTIONS:
-            assert _manifest_records(out / extraction.task_id) == _expected(emu, extraction), extraction
+            assert support.manifest_records(out / extraction.task_id) == _expected(
+                emu, extraction, support
+            ), extraction
 
         requests = [r for r in emu.requests if r.is_api]
         admitted = [r for r in requests if r.status == 200]

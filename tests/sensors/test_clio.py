@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 from airflow.sdk import DAG
@@ -24,6 +25,9 @@ from airflow_provider_clio.exceptions import ClioConfigError
 from airflow_provider_clio.sensors.clio import ClioRecordsSensor
 from airflow_provider_clio.testing import ClioEmulator
 from airflow_provider_clio.triggers.clio import ClioRecordsTrigger
+
+if TYPE_CHECKING:
+    from airflow.models.dagrun import DagRun
 
 UTC = datetime.timezone.utc
 # Generated records are updated within 2026-01-01..2026-06-30: nothing matches until a test touches one.
@@ -53,6 +57,15 @@ def touch_after_requests(emu: ClioEmulator, requests: int) -> Iterator[threading
     thread.start()
     yield done
     thread.join(timeout=5)
+
+
+def _run_until_touched(support: ModuleType, dag: DAG, emu: ClioEmulator, requests: int) -> DagRun:
+    """Run ``dag`` while :func:`touch_after_requests` touches a matter; assert ``wait`` succeeded."""
+    with touch_after_requests(emu, requests) as touched:
+        dag_run = support.run_dag(dag)
+    assert touched.is_set()
+    assert support.ti_state(dag_run, "wait") == "success"
+    return dag_run
 
 
 def _sensor_requests(emu: ClioEmulator) -> list[dict[str, list[str]]]:
@@ -207,11 +220,7 @@ def test_reschedule_mode_frees_the_worker_between_pokes(
     from sqlalchemy import func, select
 
     conn_id = support.clio_connection(monkeypatch, emu)
-    with DAG(
-        support.unique_dag_id("sensor_reschedule"),
-        schedule=None,
-        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
-    ) as dag:
+    with support.manual_dag("sensor_reschedule") as dag:
         ClioRecordsSensor(
             task_id="wait",
             clio_conn_id=conn_id,
@@ -222,10 +231,7 @@ def test_reschedule_mode_frees_the_worker_between_pokes(
             timeout=60,
             token_store=MemoryTokenStore(),
         )
-    with touch_after_requests(emu, 1) as touched:
-        dag_run = support.run_dag(dag)
-    assert touched.is_set()
-    assert support.ti_state(dag_run, "wait") == "success"
+    dag_run = _run_until_touched(support, dag, emu, 1)
     assert support.try_number(dag_run, "wait") == 1  # rescheduled, not retried
     ti = dag_run.get_task_instance("wait")
     with create_session() as session:
@@ -238,11 +244,7 @@ def test_deferrable_sensor_runs_its_trigger_under_dag_test(
     airflow_db: Path, emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> None:
     conn_id = support.clio_connection(monkeypatch, emu)
-    with DAG(
-        support.unique_dag_id("sensor_deferred"),
-        schedule=None,
-        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
-    ) as dag:
+    with support.manual_dag("sensor_deferred") as dag:
         # No token_store: the task and the trigger share the default Variable store, as in production.
         ClioRecordsSensor(
             task_id="wait",
@@ -253,10 +255,7 @@ def test_deferrable_sensor_runs_its_trigger_under_dag_test(
             poke_interval=0.05,
             timeout=60,
         )
-    with touch_after_requests(emu, 2) as touched:
-        dag_run = support.run_dag(dag)
-    assert touched.is_set()
-    assert support.ti_state(dag_run, "wait") == "success"
+    _run_until_touched(support, dag, emu, 2)
     queries = _sensor_requests(emu)
     # One check in the task, then at least two polls from the trigger (nothing, then the touched record).
     assert len(queries) >= 3

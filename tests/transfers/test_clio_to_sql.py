@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, BaseHook
+from airflow.sdk import BaseHook
 
 from airflow_provider_clio.auth import MemoryTokenStore
 from airflow_provider_clio.columns import sql_type
@@ -35,12 +35,16 @@ def emu(clio_emulator_factory: Callable[..., ClioEmulator]) -> ClioEmulator:
 
 
 @pytest.fixture
-def sqlite_conn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+def clio(emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType) -> str:
+    """A fresh Clio connection id to ``emu``, at the default pace."""
+    conn_id: str = support.clio_connection(monkeypatch, emu)
+    return conn_id
+
+
+@pytest.fixture
+def sqlite_conn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType) -> tuple[str, Path]:
     path = tmp_path / "warehouse.db"
-    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
-    connection = json.dumps({"conn_type": "sqlite", "host": str(path)})
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection)
-    return conn_id, path
+    return support.sqlite_connection(monkeypatch, path), path
 
 
 @pytest.fixture
@@ -55,6 +59,14 @@ def pg_table(postgres_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     with closing(psycopg2.connect(postgres_dsn)) as conn, conn.cursor() as cur:
         cur.execute(f'DROP TABLE IF EXISTS "{table}"')
         conn.commit()
+
+
+def _operator(clio: str, sql_conn_id: str, table: str, **arguments: Any) -> ClioToSqlOperator:
+    """Return a load of ``grow/matters`` into ``table``, own token store; ``arguments`` add or override."""
+    defaults = {"task_id": "load", "endpoint": "grow/matters", "token_store": MemoryTokenStore()}
+    return ClioToSqlOperator(
+        clio_conn_id=clio, sql_conn_id=sql_conn_id, table=table, **{**defaults, **arguments}
+    )
 
 
 def _cell(value: Any) -> Any:
@@ -80,23 +92,10 @@ def _sqlite_rows(path: Path, table: str) -> list[tuple[Any, ...]]:
 
 
 def test_sqlite_load_is_exact_and_a_rerun_changes_nothing(
-    emu: ClioEmulator,
-    sqlite_conn: tuple[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    emu: ClioEmulator, clio: str, sqlite_conn: tuple[str, Path], support: ModuleType
 ) -> None:
     conn_id, path = sqlite_conn
-    clio = support.clio_connection(monkeypatch, emu)
-    op = ClioToSqlOperator(
-        task_id="load",
-        clio_conn_id=clio,
-        endpoint="grow/matters",
-        fields=MATTER_FIELDS,
-        sql_conn_id=conn_id,
-        table="clio_matters",
-        batch_size=100,
-        token_store=MemoryTokenStore(),
-    )
+    op = _operator(clio, conn_id, "clio_matters", fields=MATTER_FIELDS, batch_size=100)
     summary = op.execute({})
     assert summary["records"] == 260
     assert summary["batches"] == 3
@@ -116,26 +115,20 @@ def test_sqlite_load_is_exact_and_a_rerun_changes_nothing(
 
 
 def test_sqlite_incremental_intervals_upsert_changed_rows(
-    emu: ClioEmulator,
-    sqlite_conn: tuple[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    emu: ClioEmulator, clio: str, sqlite_conn: tuple[str, Path], support: ModuleType
 ) -> None:
     conn_id, path = sqlite_conn
-    clio = support.clio_connection(monkeypatch, emu)
     store = MemoryTokenStore()
     fields = ["id", "display_number", "updated_at"]
 
     def load(since: datetime.datetime, until: datetime.datetime) -> dict[str, Any]:
-        return ClioToSqlOperator(
-            task_id="load",
-            clio_conn_id=clio,
-            endpoint="grow/matters",
+        return _operator(
+            clio,
+            conn_id,
+            "matters",
             fields=fields,
             updated_since=since.isoformat(),
             updated_until=until.isoformat(),
-            sql_conn_id=conn_id,
-            table="matters",
             token_store=store,
         ).execute({})
 
@@ -154,21 +147,10 @@ def test_sqlite_incremental_intervals_upsert_changed_rows(
 
 
 def test_columns_come_from_the_first_page_without_fields(
-    emu: ClioEmulator,
-    sqlite_conn: tuple[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    emu: ClioEmulator, clio: str, sqlite_conn: tuple[str, Path]
 ) -> None:
     conn_id, path = sqlite_conn
-    clio = support.clio_connection(monkeypatch, emu)
-    ClioToSqlOperator(
-        task_id="load",
-        clio_conn_id=clio,
-        endpoint="grow/matters",
-        sql_conn_id=conn_id,
-        table="all_fields",
-        token_store=MemoryTokenStore(),
-    ).execute({})
+    _operator(clio, conn_id, "all_fields").execute({})
     truth = emu.records("matters")
     with closing(sqlite3.connect(path)) as conn:
         columns = [row[1] for row in conn.execute('PRAGMA table_info("all_fields")')]
@@ -189,30 +171,17 @@ def test_postgres_retry_resumes_from_the_last_committed_batch(
     conn_id, table = pg_table
     clio = support.clio_connection(monkeypatch, emu, requests_per_slot=20)
     fields = ["id", "name", "email", "source{id,name}", "updated_at"]
-    with DAG(
-        support.unique_dag_id("sql_resume"),
-        schedule=None,
-        start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC),
-    ) as dag:
-        ClioToSqlOperator(
-            task_id="load",
-            clio_conn_id=clio,
+    with support.manual_dag("sql_resume") as dag:
+        _operator(
+            clio,
+            conn_id,
+            table,
             endpoint="grow/contacts",
             fields=fields,
-            sql_conn_id=conn_id,
-            table=table,
             batch_size=100,  # two pages of 50 per transaction
-            token_store=MemoryTokenStore(),
-            request_retry=support.FAST_FAIL,
-            retries=1,
-            retry_delay=datetime.timedelta(0),
-            retry_exponential_backoff=0,
+            **support.ONE_RETRY,
         )
-    with support.OutageAfterPages(emu, pages=5, requests=2) as outage:
-        dag_run = support.run_dag(dag)
-    assert outage.fired.is_set()
-    assert support.ti_state(dag_run, "load") == "success"
-    assert support.try_number(dag_run, "load") == 2
+    dag_run = support.run_through_outage(dag, emu, "load", pages=5)
     summary = support.xcom_value(dag_run, "load")
     assert summary["resumed"] is True
     committed_batches = summary["resumed_batches"]
@@ -235,15 +204,7 @@ def test_postgres_retry_resumes_from_the_last_committed_batch(
     assert not set(first_try[:committed_pages]) & set(second_try)
 
     # Rerunning the interval upserts the same rows: the row count does not change.
-    rerun = ClioToSqlOperator(
-        task_id="again",
-        clio_conn_id=clio,
-        endpoint="grow/contacts",
-        fields=fields,
-        sql_conn_id=conn_id,
-        table=table,
-        token_store=MemoryTokenStore(),
-    )
+    rerun = _operator(clio, conn_id, table, task_id="again", endpoint="grow/contacts", fields=fields)
     monkeypatch.setenv(*emu.connection_env(clio, requests_per_slot=500))
     assert rerun.execute({})["records"] == 500
     assert table_rows() == expected
@@ -260,10 +221,7 @@ def test_table_names_are_validated(table: str, message: str) -> None:
         )
 
 
-def test_sql_connection_must_be_a_dbapi_hook(
-    emu: ClioEmulator, monkeypatch: pytest.MonkeyPatch, support: ModuleType
-) -> None:
-    clio = support.clio_connection(monkeypatch, emu)
+def test_sql_connection_must_be_a_dbapi_hook(clio: str) -> None:
     op = ClioToSqlOperator(
         task_id="bad", clio_conn_id=clio, endpoint="grow/matters", sql_conn_id=clio, table="t"
     )
@@ -321,23 +279,9 @@ def test_type_inference_is_conservative() -> None:
     assert sql_type(["2026-01-01T00:00:00+00:00"]) == "TEXT"
 
 
-def test_openlineage_facets_name_the_table(
-    emu: ClioEmulator,
-    sqlite_conn: tuple[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
-) -> None:
+def test_openlineage_facets_name_the_table(clio: str, sqlite_conn: tuple[str, Path]) -> None:
     conn_id, path = sqlite_conn
-    clio = support.clio_connection(monkeypatch, emu)
-    op = ClioToSqlOperator(
-        task_id="ol",
-        clio_conn_id=clio,
-        endpoint="grow/matters",
-        fields=["id"],
-        sql_conn_id=conn_id,
-        table="ol_matters",
-        token_store=MemoryTokenStore(),
-    )
+    op = _operator(clio, conn_id, "ol_matters", task_id="ol", fields=["id"])
     start = op.get_openlineage_facets_on_start()
     assert [(d.namespace, d.name) for d in start.inputs] == [("clio://us", "grow/matters")]
     assert [(d.namespace, d.name) for d in start.outputs] == [(f"sqlite://{path}", "ol_matters")]
@@ -346,23 +290,15 @@ def test_openlineage_facets_name_the_table(
     assert complete.outputs[0].outputFacets["outputStatistics"].rowCount == 260
 
 
-def test_an_empty_interval_still_creates_the_table(
-    emu: ClioEmulator,
-    sqlite_conn: tuple[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
-) -> None:
+def test_an_empty_interval_still_creates_the_table(clio: str, sqlite_conn: tuple[str, Path]) -> None:
     conn_id, path = sqlite_conn
-    clio = support.clio_connection(monkeypatch, emu)
-    summary = ClioToSqlOperator(
+    summary = _operator(
+        clio,
+        conn_id,
+        "empty_matters",
         task_id="empty",
-        clio_conn_id=clio,
-        endpoint="grow/matters",
         fields=["id", "display_number"],
         updated_since="2027-01-01T00:00:00+00:00",
-        sql_conn_id=conn_id,
-        table="empty_matters",
-        token_store=MemoryTokenStore(),
     ).execute({})
     assert (summary["records"], summary["batches"], summary["pages"]) == (0, 0, 1)
     with closing(sqlite3.connect(path)) as conn:
@@ -397,27 +333,13 @@ def test_whole_numbers_first_do_not_round_later_amounts(
 
 
 def test_postgres_amounts_load_exactly_as_numeric(
-    emu: ClioEmulator,
-    pg_table: tuple[str, str],
-    postgres_dsn: str,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    emu: ClioEmulator, clio: str, pg_table: tuple[str, str], postgres_dsn: str
 ) -> None:
     import psycopg2
 
     conn_id, table = pg_table
-    clio = support.clio_connection(monkeypatch, emu)
     fields = ["id", "quantity", "total", "billed"]
-    ClioToSqlOperator(
-        task_id="load",
-        clio_conn_id=clio,
-        endpoint="grow/activities",
-        fields=fields,
-        sql_conn_id=conn_id,
-        table=table,
-        batch_size=40,
-        token_store=MemoryTokenStore(),
-    ).execute({})
+    _operator(clio, conn_id, table, endpoint="grow/activities", fields=fields, batch_size=40).execute({})
     with closing(psycopg2.connect(postgres_dsn)) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
@@ -469,11 +391,7 @@ def _execute_ddl(conn_id: str, *statements: str) -> None:
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_an_existing_table_without_a_key_on_id_is_refused_before_any_request(
-    database: str,
-    emu: ClioEmulator,
-    request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-    support: ModuleType,
+    database: str, emu: ClioEmulator, clio: str, request: pytest.FixtureRequest
 ) -> None:
     # CREATE TABLE IF NOT EXISTS keeps this table: ON CONFLICT (id) would fail after the first pages were
     # read, on every retry alike (MySQL would insert duplicates on every rerun).
@@ -487,18 +405,9 @@ def test_an_existing_table_without_a_key_on_id_is_refused_before_any_request(
         f'CREATE TABLE "{table}" ("id" BIGINT, "display_number" TEXT)',
         f'CREATE INDEX "{table}_by_id" ON "{table}" ("id")',  # an index, but not a unique one
     )
-    clio = support.clio_connection(monkeypatch, emu)
 
     def operator() -> ClioToSqlOperator:
-        return ClioToSqlOperator(
-            task_id="keyless",
-            clio_conn_id=clio,
-            endpoint="grow/matters",
-            fields=["id", "display_number"],
-            sql_conn_id=conn_id,
-            table=table,
-            token_store=MemoryTokenStore(),
-        )
+        return _operator(clio, conn_id, table, task_id="keyless", fields=["id", "display_number"])
 
     with pytest.raises(
         ClioConfigError, match=rf"Table {table} has no primary key or unique constraint on \(id\)"
@@ -512,19 +421,10 @@ def test_an_existing_table_without_a_key_on_id_is_refused_before_any_request(
 
 
 def test_a_missing_table_without_create_table_is_refused_before_any_request(
-    emu: ClioEmulator, sqlite_conn: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, support: ModuleType
+    emu: ClioEmulator, clio: str, sqlite_conn: tuple[str, Path]
 ) -> None:
     conn_id, _ = sqlite_conn
-    clio = support.clio_connection(monkeypatch, emu)
-    op = ClioToSqlOperator(
-        task_id="missing",
-        clio_conn_id=clio,
-        endpoint="grow/matters",
-        sql_conn_id=conn_id,
-        table="not_there",
-        create_table=False,
-        token_store=MemoryTokenStore(),
-    )
+    op = _operator(clio, conn_id, "not_there", task_id="missing", create_table=False)
     with pytest.raises(ClioConfigError, match="not_there does not exist and create_table=False"):
         op.execute({})
     assert emu.count(path_prefix="/grow") == 0

@@ -43,20 +43,17 @@ class Target:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def target(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> Iterator[Target]:
-    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
     table = f"clio_ids_{uuid.uuid4().hex[:10]}"
     if request.param == "sqlite":
         path = tmp_path / "warehouse.db"
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "sqlite", "host": str(path)})
-        )
-        yield Target(conn_id, table, lambda: sqlite3.connect(path))
+        yield Target(support.sqlite_connection(monkeypatch, path), table, lambda: sqlite3.connect(path))
         return
     import psycopg2
 
     dsn = request.getfixturevalue("postgres_dsn")
+    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", dsn)
     yield Target(conn_id, table, lambda: psycopg2.connect(dsn))
     with closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
@@ -64,19 +61,9 @@ def target(
         conn.commit()
 
 
-def _truth(emu: ClioEmulator) -> dict[int, tuple[Any, ...]]:
-    return {r["id"]: (r["id"], r["name"], r["updated_at"]) for r in emu.records("contacts")}
-
-
-def _lookups(requests: list[Any]) -> list[Any]:
-    return [r for r in requests if r.path == "/grow/contacts" and "ids[]" in r.query]
-
-
 def _ids_dag(support: ModuleType, clio: str, target: Target, ids: list[int], **kwargs: Any) -> DAG:
     """A DAG whose ``pick`` task returns ``ids`` and whose ``load`` task upserts their records."""
-    with DAG(
-        support.unique_dag_id("sql_ids"), schedule=None, start_date=datetime.datetime(2026, 1, 1, tzinfo=UTC)
-    ) as dag:
+    with support.manual_dag("sql_ids") as dag:
 
         @task
         def pick() -> list[int]:
@@ -136,7 +123,7 @@ def test_known_records_are_refreshed_exactly_and_missing_ids_reported(
     assert len(json.dumps(summary)) < 2000
 
     # The edited rows now match Clio; every other row is as loaded; deleted rows are kept (not marked).
-    truth = _truth(emu)
+    truth = support.contact_rows(emu)
     rows = target.rows()
     assert {i: rows[i] for i in edited} == {i: truth[i] for i in edited}
     assert {i: row for i, row in rows.items() if i not in edited} == {
@@ -144,7 +131,7 @@ def test_known_records_are_refreshed_exactly_and_missing_ids_reported(
     }
     assert all(rows[i] != loaded[i] for i in edited)
 
-    sent = _lookups(emu.requests)
+    sent = support.id_lookups(emu.requests)
     assert [len(r.query["ids[]"]) for r in sent] == [50, 50, 50, 50, 12]
     assert all(len(r.query["ids[]"]) <= MAX_IDS_PER_REQUEST for r in sent)
     assert emu.count(path_prefix="/grow") == len(sent)  # no other list call: not a scan of the endpoint
@@ -172,26 +159,19 @@ def test_a_retry_after_a_failure_in_batch_2_of_3_upserts_every_record(
         ids,
         batch_size=20,
         token_store=store,
-        request_retry=support.FAST_FAIL,
-        retries=1,
-        retry_delay=datetime.timedelta(0),
-        retry_exponential_backoff=0,
+        **support.ONE_RETRY,
     )
-    with support.OutageAfterPages(emu, pages=4, requests=2) as outage:
-        dag_run = support.run_dag(dag)
-    assert outage.fired.is_set()
-    assert support.ti_state(dag_run, "load") == "success"
-    assert support.try_number(dag_run, "load") == 2
+    dag_run = support.run_through_outage(dag, emu, "load", pages=4)
     assert support.task_state_keys(dag_run, "load") == []
 
-    truth = _truth(emu)
+    truth = support.contact_rows(emu)
     expected = {i: truth[i] for i in ids}
     assert target.rows() == expected
     summary = support.xcom_value(dag_run, "load")
     assert (summary["records"], summary["missing_ids"], summary["resumed"]) == (120, 0, False)
 
     before, after = support.split_at_outage(emu.requests)
-    first_try, second_try = _lookups(before), _lookups(after)
+    first_try, second_try = support.id_lookups(before), support.id_lookups(after)
     assert [r.page_token is None for r in first_try] == [True, False, False, True]  # into batch 2
     assert [len(r.query["ids[]"]) for r in second_try if r.page_token is None] == [50, 50, 20]
     assert len(second_try) == 7  # every batch read again, from its first page
@@ -222,10 +202,7 @@ def test_bad_ids_fail_before_any_request_and_create_no_table(
 ) -> None:
     emu = clio_emulator_factory(rate_limit=1000, records={"contacts": 5})
     path = tmp_path / "warehouse.db"
-    sql_conn_id = f"wh_{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{sql_conn_id.upper()}", json.dumps({"conn_type": "sqlite", "host": str(path)})
-    )
+    sql_conn_id = support.sqlite_connection(monkeypatch, path)
     op = ClioToSqlOperator(
         task_id="load",
         clio_conn_id=support.clio_connection(monkeypatch, emu),

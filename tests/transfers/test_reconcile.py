@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,20 +42,19 @@ class Warehouse:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def warehouse(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, support: ModuleType
 ) -> Iterator[Warehouse]:
-    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
     table = f"contacts_{uuid.uuid4().hex[:8]}"
     if request.param == "sqlite":
         path = tmp_path / "warehouse.db"
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "sqlite", "host": str(path)})
+        yield Warehouse(
+            support.sqlite_connection(monkeypatch, path), table, lambda: sqlite3.connect(path), "?"
         )
-        yield Warehouse(conn_id, table, lambda: sqlite3.connect(path), "?")
         return
     import psycopg2
 
     dsn = request.getfixturevalue("postgres_dsn")
+    conn_id = f"wh_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", dsn)
     wh = Warehouse(conn_id, table, lambda: psycopg2.connect(dsn), "%s")
     yield wh
