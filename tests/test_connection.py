@@ -214,8 +214,10 @@ def test_config_repr_hides_secrets() -> None:
 def test_secrets_are_registered_with_the_masker() -> None:
     from airflow.sdk._shared.secrets_masker import redact
 
-    config(extra={"refresh_token": "refresh-mask-me-123"})
-    assert redact("x app-secret-value refresh-mask-me-123 y") == "x *** *** y"
+    # Secrets no other test registers: the masker is process-wide, and another test's "app-secret" would
+    # mask part of a longer secret here.
+    config(password="client-mask-me-456", extra={"refresh_token": "refresh-mask-me-123"})
+    assert redact("x client-mask-me-456 refresh-mask-me-123 y") == "x *** *** y"
 
 
 def test_urls_follow_the_api_token_rules() -> None:
