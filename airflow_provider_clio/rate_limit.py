@@ -364,11 +364,16 @@ class LimiterRegistry:
 _REGISTRY = LimiterRegistry()
 
 _process_started = time.monotonic()
-"""When this process started (forked, or imported this module): every pool slot it holds was handed over
-before then. Airflow runs each task try in a process of its own, forked after the scheduler queued it."""
+"""When this process started (forked, or imported this module; or :func:`reset_shared_limiters` ran): every
+pool slot it holds was handed over before then. Airflow runs each task try in a process of its own, forked
+after the scheduler queued it."""
 
 
-def _after_fork_in_child() -> None:
+def reset_shared_limiters() -> None:
+    """Drop every process-wide limiter and take the pool slots as handed over now, as in a new task process.
+
+    Called in every forked child; tests and benchmarks call it to start a "task" afresh in one process.
+    """
     # A forked task process holds its own pool slots: it must not inherit the parent's schedule, nor a lock
     # some other parent thread held at fork time; and its slots were handed over before this moment.
     global _process_started
@@ -377,15 +382,12 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=reset_shared_limiters)
 
 
-# The process-wide registry's own methods: after a fork it clears itself in place, so these stay valid.
+# The process-wide registry's own method: after a fork it clears itself in place, so this stays valid.
 shared_limiter = _REGISTRY.get
 """Return the process-wide limiter for ``(client_id, region)``, updated to ``rate``."""
-
-reset_shared_limiters = _REGISTRY.clear
-"""Drop every process-wide limiter (for tests)."""
 
 
 @dataclass(frozen=True)
