@@ -26,9 +26,10 @@ typecheck: $(VENV)/.installed
 
 # Two phases (tests/conftest.py's --phase). Most tests wait on sockets, sleeps and subprocesses, so they share
 # PYTEST_WORKERS pytest-xdist workers; then the tests that measure real time or rates (marker `serial`) and the
-# real-process tests run alone, with no other worker on the CPU. Both phases run unless the first was interrupted
-# or misused (exit 2). One phase selecting nothing (PYTEST_ARGS naming one file) is fine; both selecting nothing
-# fails, as pytest's exit 5 would. PYTEST_WORKERS=0 runs the first phase in one process too.
+# tests that run Airflow components run alone, with no other worker on the CPU. Both phases run unless the
+# first was interrupted or misused (exit 2). One phase selecting nothing (PYTEST_ARGS naming one file) is
+# fine; both selecting nothing fails, as pytest's exit 5 would. PYTEST_WORKERS=0 runs the first phase in one
+# process too.
 PYTEST_WORKERS ?= 4
 unit: $(VENV)/.installed
 	parallel=0; serial=0; \

@@ -7,9 +7,10 @@ The slow real-process tests carry a group marker (``scheduler``, ``celery``, ``b
 with a one-line hint unless ``CLIO_RUN_SLOW=1`` (``CLIO_RUN_SLOW=1 make test``).
 
 ``make test`` runs the suite in two phases (``--phase``): ``parallel`` on pytest-xdist workers, then
-``serial`` alone, for the tests that measure real time or rates (marker ``serial``) and every real-process
-test, so no other worker shares their CPU. Each xdist worker imports this file, so each has its own
-AIRFLOW_HOME and metadata database, and ``postgres_dsn`` gives each worker its own Postgres database.
+``serial`` alone, for the tests that measure real time or rates (marker ``serial``) and the real-process
+tests that run Airflow components (all groups but ``packaging``), so no other worker shares their CPU.
+Each xdist worker imports this file, so each has its own AIRFLOW_HOME and metadata database, and
+``postgres_dsn`` gives each worker its own Postgres database.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ REDIS_URL_ENV = "CLIO_TEST_REDIS_URL"
 RUN_SLOW_ENV = "CLIO_RUN_SLOW"
 REAL_PROCESS_GROUPS = ("scheduler", "celery", "browser", "packaging", "soak")
 """Markers of the slow tests that start real processes (minutes each, see setup.cfg)."""
+ALONE_GROUPS = ("scheduler", "celery", "browser", "soak")
+"""The real-process groups that run in the serial phase: they time Airflow components or pace requests.
+Packaging (build, install into a clean venv) only waits on pip, so it shares the parallel phase."""
 RUN_SLOW_HINT = f"run them with {RUN_SLOW_ENV}=1 make test (CI=true always does)"
 SERIAL_MARKER = "serial"
 """Marker of the tests that measure real time or rates: they run in the serial phase, with no other worker."""
@@ -61,13 +65,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="clio_phase",
         choices=PHASES,
         default="all",
-        help="all (default); parallel: leave out the serial and real-process tests; serial: only those",
+        help="all (default); parallel: leave out the serial and Airflow-process tests; serial: only those",
     )
 
 
 def runs_alone(item: pytest.Item) -> bool:
-    """Tell whether a test runs in the serial phase: it measures real time or rates, or starts processes."""
-    return any(item.get_closest_marker(name) is not None for name in (SERIAL_MARKER, *REAL_PROCESS_GROUPS))
+    """Tell whether a test runs in the serial phase: it measures real time or rates, or runs Airflow."""
+    return any(item.get_closest_marker(name) is not None for name in (SERIAL_MARKER, *ALONE_GROUPS))
 
 
 def in_ci() -> bool:
