@@ -130,7 +130,8 @@ class RateLimiter:
         self._rate = _check_rate(rate)
         self._interval = (1.0 + safety) / self._rate
         # Recent round trips: the shortest is the "usual" one, against which a held request stands out.
-        self._rtts: deque[float] = deque(maxlen=_rtt_history(rate))
+        self._rtts: deque[float] = deque(maxlen=32)
+        self._answered = 0  # round trips seen in all: the warm-up counts them, the usual one needs only 32
         # The last k sends, oldest first; seeded as if k requests were answered at the hand-over.
         now = clock()
         seed = now if handed_over_at is None else min(handed_over_at, now)
@@ -166,7 +167,6 @@ class RateLimiter:
             self._interval = (1.0 + self._safety) / rate
             # More slots may have just changed hands: treat the change like a fresh hand-over.
             self._sent = _full_window(self._clock(), rate)
-            self._rtts = deque(self._rtts, maxlen=_rtt_history(rate))
         log.info("Clio rate limiter %s: rate changed from %.3g to %.3g req/s", self.name, old, rate)
         return True
 
@@ -218,6 +218,7 @@ class RateLimiter:
             if send is not None:
                 send.done = self._clock()
                 self._rtts.append(send.done - send.sent)
+                self._answered += 1
 
     def observe(self, status_code: int, headers: Mapping[str, str] | None = None) -> None:
         """Read an answer's status (the hook calls it for every API answer): a 429 makes the guard strict."""
@@ -247,7 +248,7 @@ class RateLimiter:
             return now
         kth = self._sent[0]
         # Until k + 1 round trips are known, none is "usual": the guard counts from answers (see above).
-        usual = min(self._rtts) if len(self._rtts) > len(self._sent) else 0.0
+        usual = min(self._rtts) if self._answered > len(self._sent) else 0.0
         if kth.done is None:
             in_flight = now - kth.sent
             if in_flight >= _LOST_AFTER:  # never released: a caller broke the protocol; do not wait forever
@@ -261,7 +262,7 @@ class RateLimiter:
         held = kth.done - kth.sent - usual
         if held <= self._margin / 2:
             held = 0.0  # jitter: the margin covers it, with half of it to spare
-        elif len(self._rtts) < _SETTLED:
+        elif self._answered < _SETTLED:
             # The shortest of a few round trips may still hide how fast the server can answer, so how much of
             # this one's excess came before the stamp is unknown: count from its answer.
             return kth.done + self._window
@@ -304,11 +305,6 @@ class _Send:
 def _full_window(now: float, rate: float) -> deque[_Send]:
     per_window = _per_window(rate)
     return deque([_Send(now, now, seed=True) for _ in range(per_window)], maxlen=per_window)
-
-
-def _rtt_history(rate: float) -> int:
-    # At least the k + 1 round trips the warm-up needs; 32 otherwise.
-    return max(32, _per_window(rate) + 1)
 
 
 def _per_window(rate: float) -> int:

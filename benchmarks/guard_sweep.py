@@ -47,21 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     model = _load("clio_arrivals_model", ROOT / "tests" / "test_rate_limit_arrivals.py")
     RateLimiter = _load("clio_swept_limiter", args.limiter).RateLimiter
 
-    class Server(model.Server):  # type: ignore[name-defined,misc]
-        def __init__(self, seed: int, pause: tuple[float, float] | None, answer: tuple[float, float]):
-            super().__init__(seed, pause)
-            self.answer = answer
-
-        def request(self, vt: object) -> None:
-            sent = vt.now  # type: ignore[attr-defined]
-            stamp = sent + self.rng.uniform(0.005, 0.035)
-            if self.pause and self.pause[0] <= stamp < self.pause[1]:
-                stamp = self.pause[1]
-            with self._lock:
-                self.sends.append(sent)
-                self.arrivals.append(stamp)
-            vt.sleep(stamp - sent + self.rng.uniform(*self.answer))  # type: ignore[attr-defined]
-
     rng = random.Random(7)
     for answer in ((0.18, 0.18), (0.12, 0.30)):
         runs = 0
@@ -73,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                     begin = rng.uniform(0.2, 25.0)
                     pause = (begin, begin + rng.uniform(0.05, 2.5)) if paused else None
                     vt = model.VirtualTime()
-                    server = Server(seed, pause, answer)
+                    server = model.Server(seed, pause, answer)
                     limiters = [RateLimiter(slots, clock=vt.clock) for _ in range(tasks)]
                     streams = [model.stream(vt, lim, server, until=30.0) for lim in limiters]
                     vt.run([work for work in streams for _ in range(slots)])

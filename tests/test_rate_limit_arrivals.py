@@ -76,11 +76,18 @@ class VirtualTime:
 
 
 class Server:
-    """Stamps arrivals (after a jittered inbound delay, or when a pause ends) and answers 180 ms later."""
+    """Stamps arrivals (after a jittered inbound delay, or when a pause ends) and answers 180 ms later.
 
-    def __init__(self, seed: int, pause: tuple[float, float] | None = None) -> None:
+    ``answer`` makes the answer come a random time within that range after the stamp instead
+    (``benchmarks/guard_sweep.py`` uses it for Clio's uneven page times).
+    """
+
+    def __init__(
+        self, seed: int, pause: tuple[float, float] | None = None, answer: tuple[float, float] = (0.18, 0.18)
+    ) -> None:
         self.rng = random.Random(seed)
         self.pause = pause
+        self.answer = answer
         self.arrivals: list[float] = []
         self.sends: list[float] = []
         self._lock = threading.Lock()
@@ -93,7 +100,8 @@ class Server:
         with self._lock:
             self.sends.append(sent)
             self.arrivals.append(stamp)
-        vt.sleep(stamp - sent + 0.18)
+        low, high = self.answer
+        vt.sleep(stamp - sent + (self.rng.uniform(low, high) if high > low else low))
 
 
 def stream(
